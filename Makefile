@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv and install when needed.
+PYTHON ?= python3
+# The CPU wheel; on a CUDA machine set e.g. TORCH="torch==2.13.0 --index-url <your CUDA index>" or TORCH=torch.
+TORCH ?= torch==2.13.0
+VENV  := .venv
+BIN   := $(VENV)/bin
+PIP   := $(BIN)/python -m pip
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+RUN   ?= runs/moons
+
+.PHONY: demo test bench install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e ".[test,bench]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/denoisekit train2d --data moons --process ddpm --prediction eps --steps 3000 --out $(RUN)
+	$(BIN)/denoisekit sample2d $(RUN) --sampler dpmpp_2m --nfe 10 --n 2000 --out $(RUN)/samples.png \
+		--gif $(RUN)/trajectory.gif
+	@echo "demo outputs: $(RUN)/samples.png, $(RUN)/trajectory.gif, $(RUN)/samples.json, $(RUN)/loss.csv"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/samplers.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

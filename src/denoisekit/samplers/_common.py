@@ -1,0 +1,48 @@
+"""What every sampler shares: grid checks, the checked denoiser call, and the callback payload."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import Tensor
+
+from ..schedules import check_sigmas
+
+Callback = Callable[[dict[str, Any]], None]
+
+
+class DenoiserFn(Protocol):
+    """The contract: ``(y (B, ...), sigma (B,), cond) -> x0_hat (B, ...)`` in the VE frame."""
+
+    def __call__(self, y: Tensor, sigma: Tensor, cond: Any = None) -> Tensor: ...
+
+
+def sigma_list(sigmas: Tensor, *, increasing: bool = False) -> list[float]:
+    """Validated grid as Python floats: step coefficients are computed in float64, cast at use."""
+    return check_sigmas(sigmas, increasing=increasing).tolist()
+
+
+def denoise(denoiser: DenoiserFn, x: Tensor, sigma: float, cond: Any, step: int) -> Tensor:
+    """Call the denoiser at one noise level; a NaN or inf in its output is an error naming the step."""
+    s = torch.full((x.shape[0],), sigma, dtype=torch.float64, device=x.device)
+    out = denoiser(x, s, cond)
+    if not torch.isfinite(out).all():
+        raise FloatingPointError(f"denoiser returned NaN/inf at step {step} (sigma={sigma:.6g})")
+    return out
+
+
+def notify(callback: Callback | None, i: int, x: Tensor, sigma: float, sigma_next: float,
+           denoised: Tensor) -> None:
+    if callback is not None:
+        callback({"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "denoised": denoised})
+
+
+def ancestral_split(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
+    """``(sigma_down, sigma_up)``: a step to ``sigma_next`` as a deterministic move to ``sigma_down``
+    plus fresh noise of std ``sigma_up``; ``eta=1`` is DDPM's posterior (Song et al. 2021a, eq. 16)."""
+    if sigma_next == 0 or eta == 0:
+        return sigma_next, 0.0
+    up = min(sigma_next, eta * math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
+    return math.sqrt(sigma_next**2 - up**2), up

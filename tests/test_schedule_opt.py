@@ -1,0 +1,105 @@
+"""Optimised step grids: they must beat the fixed grids at the same NFE on held-out noises (oracle)."""
+
+import json
+
+import pytest
+import torch
+
+from denoisekit import get_process, get_sampler
+from denoisekit.likelihood import start_std
+from denoisekit.samplers import solve_pf_ode
+from denoisekit.sampling import nfe_of, steps_for_nfe
+from denoisekit.schedule_opt import load_sigmas, load_sigmas_meta, optimize_sigmas, save_sigmas
+from denoisekit.schedules import get_sigmas_exponential, get_sigmas_karras, get_sigmas_uniform_t
+
+PROCESS = get_process("ddpm")
+SMIN, SMAX = PROCESS.sigma_min, PROCESS.sigma_max
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These runs are thousands of tiny (256, 2) ops: threads only add overhead, and contention."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def held_out(gm2):
+    """Fresh start noises (not the optimiser's) and their exact ODE solutions."""
+    y = torch.randn(1000, 2, generator=torch.Generator().manual_seed(123), dtype=torch.float64)
+    y = y * start_std(SMAX, PROCESS)
+    return y, solve_pf_ode(gm2, y, SMAX, 0.0, rtol=1e-8, atol=1e-8)
+
+
+def _mse(gm, sampler, sigmas, y, ref):
+    return float(((get_sampler(sampler)(gm, y, sigmas) - ref) ** 2).sum(1).mean())
+
+
+@pytest.mark.parametrize("sampler,nfe", [("euler", 5), ("euler", 10), ("dpmpp_2m", 5), ("dpmpp_2m", 10),
+                                         ("heun", 10)])
+def test_optimised_grid_beats_fixed_grids_on_held_out_noise(gm2, held_out, sampler, nfe):
+    losses = []
+    sigmas = optimize_sigmas(gm2, sampler, nfe, sigma_min=SMIN, sigma_max=SMAX, shape=(2,), n_samples=256,
+                             iters=20, generator=torch.Generator().manual_seed(0), process=PROCESS,
+                             callback=lambda info: losses.append(info["loss"]))
+    steps = steps_for_nfe(sampler, nfe)
+    assert sigmas.dtype == torch.float64 and sigmas.numel() == steps + 1 and sigmas[-1] == 0
+    assert (sigmas[1:] < sigmas[:-1]).all() and sigmas[0] == pytest.approx(SMAX) and sigmas[-2] >= SMIN
+    assert nfe_of(sampler, steps) <= nfe
+    assert all(b <= a for a, b in zip(losses, losses[1:]))  # the search only accepts improvements
+
+    y, ref = held_out
+    fixed = {"karras": get_sigmas_karras(steps, SMIN, SMAX), "exponential": get_sigmas_exponential(steps, SMIN, SMAX),
+             "trailing": get_sigmas_uniform_t(PROCESS, steps, "trailing")}
+    errs = {name: _mse(gm2, sampler, g, y, ref) for name, g in fixed.items()}
+    opt = _mse(gm2, sampler, sigmas, y, ref)
+    best = min(errs, key=errs.get)
+    print(f"{sampler} NFE {nfe}: optimised {opt:.4g} vs " + ", ".join(f"{k} {v:.4g}" for k, v in errs.items())
+          + f" ({100 * (1 - opt / errs[best]):.0f}% below {best})")
+    assert opt < 0.8 * errs[best]
+
+
+def test_fixed_sigma_min_and_explicit_init(gm2):
+    init = get_sigmas_exponential(4, SMIN, SMAX)
+    sigmas = optimize_sigmas(gm2, "euler", 4, sigma_min=SMIN, sigma_max=SMAX, shape=(2,), n_samples=64, iters=5,
+                             generator=torch.Generator().manual_seed(0), init=init, tune_sigma_min=False)
+    assert sigmas[0] == pytest.approx(SMAX) and sigmas[-2] == pytest.approx(SMIN) and not torch.equal(sigmas, init)
+    # Nothing to move: two steps with both ends fixed, or a single step.
+    two = optimize_sigmas(gm2, "euler", 2, sigma_min=SMIN, sigma_max=SMAX, shape=(2,), tune_sigma_min=False)
+    torch.testing.assert_close(two, torch.tensor([SMAX, SMIN, 0.0], dtype=torch.float64))
+    one = optimize_sigmas(gm2, "heun", 2, sigma_min=SMIN, sigma_max=SMAX, shape=(2,))
+    torch.testing.assert_close(one, torch.tensor([SMAX, 0.0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(sampler="euler_ancestral"),  # stochastic: no fixed endpoint to match
+    dict(sampler="ode"),  # adaptive: chooses its own steps
+    dict(sampler="nope"),
+    dict(nfe=0),
+    dict(sigma_min=0.0),
+    dict(sigma_min=SMAX),
+    dict(init="cosine"),
+    dict(init=torch.tensor([SMAX, 1.0, 0.0], dtype=torch.float64)),  # wrong number of steps for nfe=4
+    dict(n_samples=0),
+])
+def test_optimize_sigmas_bad_args(gm2, kwargs):
+    args = dict(sampler="euler", nfe=4, sigma_min=SMIN, sigma_max=SMAX, shape=(2,), iters=1, n_samples=8)
+    args.update(kwargs)
+    with pytest.raises(ValueError):
+        optimize_sigmas(gm2, **args)
+
+
+def test_save_load_round_trip(tmp_path):
+    sigmas = get_sigmas_karras(6, 0.002, 80.0)
+    path = tmp_path / "grid.json"
+    save_sigmas(path, sigmas, {"sampler": "euler", "nfe": 6})
+    assert torch.equal(load_sigmas(path), sigmas)  # exact: JSON floats round-trip
+    assert load_sigmas_meta(path) == {"sampler": "euler", "nfe": 6}
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"sigmas": [1.0, 0.0]}))
+    with pytest.raises(ValueError):
+        load_sigmas(bad)
+    with pytest.raises(ValueError):
+        save_sigmas(tmp_path / "x.json", [0.0, 1.0])

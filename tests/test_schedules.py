@@ -1,0 +1,74 @@
+import math
+
+import pytest
+import torch
+
+from denoisekit import get_process
+from denoisekit.schedules import (check_sigmas, get_sigmas, get_sigmas_exponential, get_sigmas_explicit,
+                                  get_sigmas_karras, get_sigmas_log_snr, get_sigmas_polyexponential, uniform_times)
+
+
+def test_karras_endpoints_and_rho():
+    s = get_sigmas_karras(10, 0.002, 80.0)
+    assert s.shape == (11,) and s[-1] == 0
+    assert s[0].item() == pytest.approx(80.0) and s[-2].item() == pytest.approx(0.002)
+    r = s[:-1] ** (1 / 7)
+    assert torch.allclose(r[1:] - r[:-1], (r[1] - r[0]).expand(9))  # uniform in sigma^(1/rho)
+
+
+def test_log_snr_is_exponential_in_the_ve_frame():
+    p = get_process("vp_cosine")
+    a = get_sigmas_log_snr(p, 12)
+    b = get_sigmas_exponential(12, p.sigma_min, p.sigma_max)
+    assert torch.allclose(a, b, rtol=1e-10)
+    assert torch.allclose(get_sigmas_polyexponential(12, p.sigma_min, p.sigma_max, rho=1.0), b, rtol=1e-10)
+
+
+def test_ddpm_spacings_match_diffusers_conventions():
+    p = get_process("ddpm")
+    assert uniform_times(p, 50, "leading")[:3].tolist() == [980, 960, 940]
+    assert uniform_times(p, 50, "leading")[-1] == 0
+    assert uniform_times(p, 50, "trailing")[:2].tolist() == [999, 979]
+    assert uniform_times(p, 50, "trailing")[-1] == 19
+    assert uniform_times(p, 10, "linspace").tolist()[::9] == [999, 0]
+    assert uniform_times(p, 10, "leading", offset=1)[-1] == 1
+
+
+def test_ddpm_grid_matches_diffusers_ddim():
+    diffusers = pytest.importorskip("diffusers")
+    p = get_process("ddpm")
+    for spacing in ("leading", "trailing", "linspace"):
+        sch = diffusers.DDIMScheduler(timestep_spacing=spacing)
+        sch.set_timesteps(25)
+        assert uniform_times(p, 25, spacing).long().tolist() == sch.timesteps.tolist(), spacing
+
+
+@pytest.mark.parametrize("name", ["trailing", "leading", "linspace", "karras", "exponential", "log_snr",
+                                  "polyexponential"])
+@pytest.mark.parametrize("proc", ["ddpm", "vp_linear", "edm", "flow"])
+def test_every_schedule_is_a_valid_grid(name, proc):
+    s = get_sigmas(get_process(proc), name, 7)
+    assert s.shape == (8,) and s[-1] == 0 and s.dtype == torch.float64
+    check_sigmas(s)
+
+
+def test_flow_trailing_is_uniform_t_to_zero():
+    p = get_process("flow")
+    s = get_sigmas(p, "trailing", 4)
+    t = s / (1 + s)
+    assert torch.allclose(t, torch.tensor([p.t_max, 0.75 * p.t_max, 0.5 * p.t_max, 0.25 * p.t_max, 0.0],
+                                          dtype=torch.float64))
+
+
+def test_explicit_and_errors():
+    assert get_sigmas_explicit([10.0, 1.0, 0.1]).tolist() == [10.0, 1.0, 0.1, 0.0]
+    with pytest.raises(ValueError, match="strictly decreasing: step 1 goes from 1 to 1"):
+        check_sigmas([10.0, 1.0, 1.0, 0.0])
+    with pytest.raises(ValueError, match="entry 1 is -1"):
+        check_sigmas([10.0, -1.0])
+    with pytest.raises(ValueError, match="entry 0 is nan"):
+        check_sigmas([math.nan, 0.0])
+    with pytest.raises(ValueError, match="NFE"):
+        get_sigmas_karras(0, 0.1, 1.0)
+    with pytest.raises(ValueError, match="allowed: .*karras"):
+        get_sigmas(get_process("ddpm"), "cosine", 10)
