@@ -126,9 +126,13 @@ def nll(denoiser: Any, x0: Tensor, *, sigma_min: float, sigma_max: float, proces
     exact = divergence == "exact" or (divergence == "auto" and dim <= EXACT_MAX_DIM)
     probes = None if exact else _probes(x0, n_probes, probe, generator)
 
+    u_lo, u_hi = math.log(sigma_min), math.log(sigma_max)
+
     def rhs(u: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         y = state[0]
-        sig = torch.full((y.shape[0],), math.exp(float(u)), dtype=torch.float64, device=y.device)
+        # the solver's trial stages may overshoot the interval: evaluate at its nearest end instead
+        sig_u = math.exp(min(max(float(u), u_lo), u_hi))
+        sig = torch.full((y.shape[0],), sig_u, dtype=torch.float64, device=y.device)
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
             den = denoiser(y, sig, cond)

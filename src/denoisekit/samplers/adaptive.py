@@ -34,8 +34,11 @@ def solve_pf_ode(denoiser: DenoiserFn, y: Tensor, sigma_from: float, sigma_to: f
     u = torch.tensor([math.log(p) for p in stop], dtype=torch.float64)
     shape = y.shape
 
+    u_lo, u_hi = float(u.min()), float(u.max())
+
     def rhs(ui: Tensor, yi: Tensor) -> Tensor:
-        sig = math.exp(float(ui))
+        # the solver's trial stages may overshoot the interval: evaluate at its nearest end instead
+        sig = math.exp(min(max(float(ui), u_lo), u_hi))
         yy = yi.reshape(shape)
         return (yy - denoise(denoiser, yy, sig, cond, -1)).reshape(yi.shape)
 
