@@ -1,0 +1,276 @@
+"""A directory of image files (any common format) as a dataset, with optional classes and captions.
+
+Layout (the Hugging Face "imagefolder" conventions):
+  root/**/*.{png,jpg,jpeg,jfif,bmp,gif,webp,tif,tiff}   every image file, recursively, sorted by path;
+  root/<class>/...        with ``labels="auto"`` (two or more class folders, no images directly in root)
+                          or ``labels="folders"``, the first folder below root is the class; classes are
+                          sorted by name and stored as ``dataset.classes``;
+  root/metadata.jsonl     optional, one JSON object per line with ``file_name`` (relative to root) and
+                          ``text`` or ``caption``; when present, the files it lists *are* the dataset
+                          (other images are ignored, so exported masks or edge maps beside them are not
+                          read as data). Hidden files and folders are ignored.
+
+Decoding: EXIF orientation applied; transparency composited on white; palette, 16-bit (scaled, not
+clipped), CMYK, greyscale converted to ``channels`` (3 or 1); shorter side resized to ``size`` and
+centre-cropped, antialiased (see :mod:`denoisekit.data.transforms`); optional horizontal flip with
+probability ``flip_p``, a pure function of ``(seed, epoch, index)`` (call :meth:`set_epoch`).
+
+At construction every file is checked (``verify="quick"``: header, pixel count and PIL's ``verify``,
+which catches empty, non-image, corrupt and truncated PNG files; ``"full"`` also decodes every file,
+which also catches truncated JPEGs). Unusable files are skipped with one warning listing them, and kept
+with their reasons in ``dataset.skipped``; if none remain, ``ValueError``. Images with more than
+``max_pixels`` pixels (default ``PIL.Image.MAX_IMAGE_PIXELS``, about 89 Mpx) are refused as
+decompression bombs (PIL itself also refuses to open files over twice its global limit).
+
+Items: ``image`` float32 ``(channels, size, size)`` in ``[-1, 1]``; ``label`` int64 scalar with classes;
+``caption`` str with a metadata file (``""`` for a listed file without one); ``path`` str.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+
+from .._utils import check_choice
+from .transforms import flip_decision, hflip, normalise_mode, pil_to_tensor, resize_center_crop
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+METADATA_FILE = "metadata.jsonl"
+#: PIL's default decompression-bomb limit, used even when ``PIL.Image.MAX_IMAGE_PIXELS`` was set to None.
+DEFAULT_MAX_PIXELS = 89_478_485
+#: How many skipped paths one warning lists before "and N more".
+WARN_LIST_LIMIT = 5
+
+
+@dataclass(frozen=True)
+class FolderConfig:
+    """Options of :class:`FolderDataset` (see the module docstring)."""
+
+    root: str = ""
+    size: int | None = 64
+    channels: Literal[1, 3] = 3
+    labels: Literal["auto", "folders", "none"] = "auto"
+    flip_p: float = 0.0
+    seed: int = 0
+    verify: Literal["quick", "full"] = "quick"
+    max_pixels: int | None = None
+    cache: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", os.fspath(self.root))
+        if not self.root:
+            raise ValueError("folder: root (the image directory) is required")
+        if self.size is not None and (not isinstance(self.size, int) or self.size < 1):
+            raise ValueError(f"folder: size must be a positive int or None, got {self.size!r}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"folder: channels must be 1 or 3, got {self.channels!r}")
+        check_choice("folder labels", self.labels, ("auto", "folders", "none"))
+        check_choice("folder verify", self.verify, ("quick", "full"))
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"folder: seed must be a non-negative int, got {self.seed!r}")
+        if not 0.0 <= self.flip_p <= 1.0:
+            raise ValueError(f"folder: flip_p must be in [0, 1], got {self.flip_p!r}")
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise ValueError(f"folder: max_pixels must be positive or None, got {self.max_pixels!r}")
+
+
+def _is_image_name(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def list_image_files(root: str) -> list[str]:
+    """Image files under ``root`` by extension, as sorted POSIX paths relative to ``root``."""
+    found = []
+    for here, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel = os.path.relpath(here, root)
+        for f in files:
+            if _is_image_name(f):
+                found.append(f if rel == "." else f"{rel.replace(os.sep, '/')}/{f}")
+    return sorted(found)
+
+
+def read_metadata(path: str) -> dict[str, dict[str, Any]]:
+    """Rows of a ``metadata.jsonl`` keyed by normalised ``file_name``; ``ValueError`` naming the file and
+    line for malformed JSON, a row that is not an object, a missing/non-string ``file_name``, a
+    non-string caption or a repeated file."""
+    rows: dict[str, dict[str, Any]] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}, line {lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            name = row.get("file_name")
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"{where}: missing or non-string 'file_name'")
+            for key in ("text", "caption"):
+                if key in row and not isinstance(row[key], str):
+                    raise ValueError(f"{where}: {key!r} must be a string, got {type(row[key]).__name__}")
+            key = os.path.normpath(name).replace(os.sep, "/")
+            if key.startswith("../") or os.path.isabs(name):
+                raise ValueError(f"{where}: file_name {name!r} points outside the folder")
+            if key in rows:
+                raise ValueError(f"{where}: file_name {name!r} is listed twice")
+            rows[key] = row
+    return rows
+
+
+def check_image_file(path: str, max_pixels: int, full: bool) -> str | None:
+    """Why ``path`` is unusable (empty, not an image, too many pixels, corrupt), or None if it is fine."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels decides, below
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    return (f"{w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels} "
+                            "(refused as a possible decompression bomb)")
+                img.verify()
+            if full:
+                with Image.open(path) as img:
+                    img.load()
+    except Image.DecompressionBombError as e:  # over twice PIL's global limit: PIL refuses to open it
+        return f"refused as a possible decompression bomb ({e})"
+    except Image.UnidentifiedImageError:
+        return "not an image (unrecognised format)"
+    except Exception as e:  # noqa: BLE001  PIL reports corruption as OSError, SyntaxError, struct.error, ...
+        return f"corrupt or truncated ({type(e).__name__}: {e})"
+    return None
+
+
+def load_image(path: str, size: int | None, channels: Literal[1, 3]) -> torch.Tensor:
+    """Decode one file to a float32 ``(channels, size, size)`` tensor in ``[-1, 1]`` (see module docstring)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked against max_pixels already
+        with Image.open(path) as img:
+            if size is not None and img.format == "JPEG":
+                img.draft(img.mode, (size, size))  # decode at a reduced DCT scale, still >= size both ways
+            img.seek(0)  # first frame of GIF / animated WebP / multi-page TIFF
+            img = ImageOps.exif_transpose(img)
+    img = normalise_mode(img, channels)
+    if size is not None:
+        img = resize_center_crop(img, size)
+    return pil_to_tensor(img, channels)
+
+
+class FolderDataset(Dataset):
+    """Images from a directory, with optional class sub-folders and metadata.jsonl captions."""
+
+    Config = FolderConfig
+
+    def __init__(self, config: FolderConfig | str | os.PathLike | None = None, **overrides: Any) -> None:
+        if isinstance(config, (str, os.PathLike)):
+            config = FolderConfig(root=os.fspath(config), **overrides)
+        elif config is None:
+            config = FolderConfig(**overrides)
+        elif overrides:
+            config = replace(config, **overrides)
+        self.config = cfg = config
+        root = cfg.root
+        if not os.path.isdir(root):
+            what = "is not a directory" if os.path.exists(root) else "does not exist"
+            raise FileNotFoundError(f"image folder {root!r} {what}")
+        meta_path = os.path.join(root, METADATA_FILE)
+        self.metadata: dict[str, dict[str, Any]] = {}
+        self.skipped: list[tuple[str, str]] = []
+        if os.path.isfile(meta_path):
+            self.metadata = read_metadata(meta_path)
+            candidates = sorted(self.metadata)
+            for name in candidates:
+                if not os.path.isfile(os.path.join(root, name)):
+                    self.skipped.append((os.path.join(root, name), f"listed in {METADATA_FILE} but missing"))
+            candidates = [n for n in candidates if os.path.isfile(os.path.join(root, n))]
+        else:
+            candidates = list_image_files(root)
+        max_pixels = cfg.max_pixels or Image.MAX_IMAGE_PIXELS or DEFAULT_MAX_PIXELS
+        self.files: list[str] = []
+        for name in candidates:
+            reason = check_image_file(os.path.join(root, name), max_pixels, cfg.verify == "full")
+            if reason is None:
+                self.files.append(name)
+            else:
+                self.skipped.append((os.path.join(root, name), reason))
+        if self.skipped:
+            listed = "; ".join(f"{p} ({r})" for p, r in self.skipped[:WARN_LIST_LIMIT])
+            more = len(self.skipped) - WARN_LIST_LIMIT
+            warnings.warn(f"{root}: skipped {len(self.skipped)} unusable file(s): {listed}"
+                          + (f"; and {more} more (see dataset.skipped)" if more > 0 else ""), stacklevel=2)
+        if not self.files:
+            raise ValueError(f"no usable images in {root!r} ({len(self.skipped)} skipped, "
+                             f"extensions {', '.join(IMAGE_EXTENSIONS)})")
+        self.classes, self.labels = self._infer_classes()
+        has_text = any("text" in r or "caption" in r for r in self.metadata.values())
+        self.captions: list[str] | None = None
+        if has_text:
+            self.captions = [self._caption(self.metadata[f]) for f in self.files]
+        self.epoch = 0
+        self._cache: dict[int, torch.Tensor] = {}
+
+    @staticmethod
+    def _caption(row: dict[str, Any]) -> str:
+        return row.get("text", row.get("caption", ""))
+
+    def _infer_classes(self) -> tuple[tuple[str, ...], list[int] | None]:
+        mode, files = self.config.labels, self.files
+        if mode == "none":
+            return (), None
+        top = [f.split("/", 1)[0] if "/" in f else None for f in files]
+        if mode == "folders" and None in top:
+            loose = [f for f, t in zip(files, top) if t is None][:WARN_LIST_LIMIT]
+            raise ValueError(f"{self.config.root}: labels='folders' needs every image in a class sub-folder; "
+                             f"found images directly in the folder: {', '.join(loose)}")
+        classes = tuple(sorted(set(t for t in top if t is not None)))
+        if mode == "auto" and (None in top or len(classes) < 2):
+            return (), None
+        index = {c: i for i, c in enumerate(classes)}
+        return classes, [index[t] for t in top]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose random flips items use (flips depend only on seed, epoch and index)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        cfg = self.config
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"folder index {index} out of range for {len(self)} images")
+        index = index % len(self)
+        path = os.path.join(cfg.root, self.files[index])
+        image = self._cache.get(index)
+        if image is None:
+            try:
+                image = load_image(path, cfg.size, cfg.channels)
+            except Exception as e:
+                raise OSError(f"cannot decode {path}: {type(e).__name__}: {e} "
+                              "(FolderDataset(verify='full') finds such files up front)") from e
+            if cfg.cache:
+                self._cache[index] = image
+        if flip_decision(cfg.seed, self.epoch, index, cfg.flip_p):
+            image = hflip(image)
+        item: dict[str, Any] = {"image": image, "path": path}
+        if self.labels is not None:
+            item["label"] = torch.tensor(self.labels[index], dtype=torch.int64)
+        if self.captions is not None:
+            item["caption"] = self.captions[index]
+        return item
+
+    def __repr__(self) -> str:
+        return (f"FolderDataset({len(self)} images in {self.config.root!r}, classes={len(self.classes)}, "
+                f"captions={self.captions is not None})")

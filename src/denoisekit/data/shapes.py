@@ -1,0 +1,381 @@
+"""A procedural dataset of coloured shapes with full labels, captions, instance masks and edge maps.
+
+Each image shows one to three (``min_shapes``..``max_shapes``) shapes of ``KINDS`` in ``COLOURS``, in
+two sizes, on a plain background. Image ``i`` is a pure function of ``(seed, i)``: the dataset can
+have any length and item ``i`` never changes with it. Shapes are placed by rejection sampling (at
+most ``max_tries`` draws per shape) so that the bounding boxes of two shapes overlap by at most
+``max_overlap`` of the smaller box; a shape that cannot be placed is left out (labels always
+describe what is drawn). Rendering is done with PIL at ``supersample`` times the resolution into a
+palette image of instance ids, then box-filtered down: antialiased images and masks from one pass.
+
+Items (``S`` = size, ``M`` = max_shapes; shape slots are in caption order, unused slots are padding):
+  image       float32 (3, S, S) in [-1, 1]
+  label       int64 scalar from ``label_from``, naming ``dataset.classes``: the first shape's kind,
+              colour or kind * len(colours) + colour, or count - 1; absent for "none"
+  caption     e.g. "a large red circle left of a small blue square"
+  count       int64 scalar, number of shapes drawn
+  kinds, colours, sizes   int64 (M,), indices into ``dataset.kinds`` / ``dataset.colours`` (the
+              config's, by default all of KINDS / COLOURS) / SIZES; -1 pads
+  positions   float32 (M, 2), shape centres (x, y) as fractions of the side, y downwards; -1 pads
+  background  float32 (3,), the background colour in [-1, 1]
+  label_map   int64 (S, S): 0 background, k + 1 where slot k is visible (majority of subpixels)
+  masks       bool (M, S, S): ``label_map == k + 1``
+  edges       float32 (1, S, S): 1 on shape pixels with a 4-neighbour of another label, else 0
+(the last three only with ``return_masks=True``). :meth:`ShapesDataset.export` writes them as PNGs.
+
+Captions: one shape, "a {size} {colour} {kind} {where}" with ``where`` from a 3x3 grid ("in the top
+left", "on the right", "in the centre", ...); two shapes, "{first} {relation} {second}" with the
+relation "left of"/"right of"/"above"/"below" along the axis of larger separation; three or more,
+"{a}, {b} and {c} from left to right" (or "from top to bottom", along the axis of larger spread).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch.utils.data import Dataset
+
+from .._utils import check_choice
+from .transforms import uint8_to_tensor
+
+KINDS = ("circle", "square", "triangle", "star", "diamond", "cross")
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40), "orange": (245, 140, 20), "yellow": (240, 210, 30), "green": (40, 170, 70),
+    "cyan": (30, 190, 210), "blue": (40, 80, 230), "purple": (150, 60, 200), "pink": (245, 130, 190),
+}
+SIZES = ("small", "large")
+#: Half-extent of a shape's box as a fraction of the image side, per size; jittered by +-SIZE_JITTER.
+SIZE_HALF_EXTENT = (0.13, 0.22)
+SIZE_JITTER = 0.08
+BACKGROUNDS = ("black", "white", "light")
+LABEL_FROM = ("kind", "colour", "kind_colour", "count", "none")
+MAX_SHAPES_LIMIT = 6
+_REGIONS = (("in the top left", "at the top", "in the top right"),
+            ("on the left", "in the centre", "on the right"),
+            ("in the bottom left", "at the bottom", "in the bottom right"))
+
+
+@dataclass(frozen=True)
+class ShapesConfig:
+    """Options of :class:`ShapesDataset` (see the module docstring for what each item holds)."""
+
+    size: int = 32
+    length: int = 10000
+    seed: int = 0
+    min_shapes: int = 1
+    max_shapes: int = 3
+    kinds: tuple[str, ...] = KINDS
+    colours: tuple[str, ...] = tuple(COLOURS)
+    background: Literal["black", "white", "light"] = "black"
+    label_from: Literal["kind", "colour", "kind_colour", "count", "none"] = "kind"
+    supersample: int = 4
+    max_overlap: float = 0.1
+    max_tries: int = 50
+    return_masks: bool = True
+    cache: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kinds", tuple(self.kinds))  # YAML gives lists
+        object.__setattr__(self, "colours", tuple(self.colours))
+        for name in ("size", "length", "supersample", "max_tries"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"shapes: {name} must be a positive int, got {v!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"shapes: seed must be a non-negative int, got {self.seed!r}")
+        if self.size < 8:
+            raise ValueError(f"shapes: size must be at least 8 pixels, got {self.size}")
+        if not 1 <= self.min_shapes <= self.max_shapes <= MAX_SHAPES_LIMIT:
+            raise ValueError(f"shapes: need 1 <= min_shapes <= max_shapes <= {MAX_SHAPES_LIMIT}, "
+                             f"got {self.min_shapes}, {self.max_shapes}")
+        if not self.kinds or not self.colours:
+            raise ValueError("shapes: kinds and colours must not be empty")
+        for k in self.kinds:
+            check_choice("shape kind", k, KINDS)
+        for c in self.colours:
+            check_choice("shape colour", c, COLOURS)
+        if len(set(self.kinds)) != len(self.kinds) or len(set(self.colours)) != len(self.colours):
+            raise ValueError("shapes: kinds and colours must not repeat")
+        check_choice("shapes background", self.background, BACKGROUNDS)
+        check_choice("shapes label_from", self.label_from, LABEL_FROM)
+        if not 0.0 <= self.max_overlap <= 1.0:
+            raise ValueError(f"shapes: max_overlap must be in [0, 1], got {self.max_overlap!r}")
+
+
+@dataclass
+class ShapeSpec:
+    """One drawn shape: indices into the config's kinds/colours and SIZES, centre and half-extent in pixels."""
+
+    kind: int
+    colour: int
+    size: int
+    x: float
+    y: float
+    half: float
+
+
+@dataclass
+class ShapesSample:
+    """A rendered image: ``image`` uint8 (S, S, 3), ``label_map`` uint8 (S, S), shapes in caption order."""
+
+    image: np.ndarray
+    label_map: np.ndarray
+    shapes: list[ShapeSpec]
+    background: tuple[int, int, int]
+    caption: str = ""
+
+
+def _outline(kind: str, x: float, y: float, h: float) -> list[tuple[float, float]] | None:
+    """Polygon vertices of ``kind`` centred at (x, y) within the box of half-extent h; None for a circle."""
+    if kind == "circle":
+        return None
+    if kind == "square":
+        a = 0.88 * h  # about a circle's area, so "large" means the same for every kind
+        return [(x - a, y - a), (x + a, y - a), (x + a, y + a), (x - a, y + a)]
+    if kind == "triangle":
+        return [(x, y - h), (x + h, y + h), (x - h, y + h)]
+    if kind == "diamond":
+        return [(x, y - h), (x + h, y), (x, y + h), (x - h, y)]
+    if kind == "star":
+        pts = []
+        for i in range(10):
+            r = h if i % 2 == 0 else 0.45 * h
+            a = -math.pi / 2 + i * math.pi / 5
+            pts.append((x + r * math.cos(a), y + r * math.sin(a) + 0.1 * h))  # centre the star's box
+        return pts
+    if kind == "cross":
+        w = 0.36 * h
+        return [(x - w, y - h), (x + w, y - h), (x + w, y - w), (x + h, y - w), (x + h, y + w),
+                (x + w, y + w), (x + w, y + h), (x - w, y + h), (x - w, y + w), (x - h, y + w),
+                (x - h, y - w), (x - w, y - w)]
+    raise AssertionError(kind)
+
+
+def _box_overlap(a: ShapeSpec, b: ShapeSpec) -> float:
+    """Intersection area of two shapes' boxes over the smaller box's area."""
+    w = min(a.x + a.half, b.x + b.half) - max(a.x - a.half, b.x - b.half)
+    h = min(a.y + a.half, b.y + b.half) - max(a.y - a.half, b.y - b.half)
+    if w <= 0 or h <= 0:
+        return 0.0
+    return w * h / (4 * min(a.half, b.half) ** 2)
+
+
+def region_phrase(x: float, y: float) -> str:
+    """Where a centre at normalised (x, y) lies on a 3x3 grid, as a phrase ("in the top left")."""
+    col, row = min(int(x * 3), 2), min(int(y * 3), 2)
+    return _REGIONS[row][col]
+
+
+def relation_phrase(a: tuple[float, float], b: tuple[float, float]) -> str:
+    """Where centre ``a`` lies relative to ``b`` along the axis of larger separation (y downwards)."""
+    dx, dy = a[0] - b[0], a[1] - b[1]
+    if abs(dx) >= abs(dy):
+        return "left of" if dx < 0 else "right of"
+    return "above" if dy < 0 else "below"
+
+
+def caption_order(positions: list[tuple[float, float]]) -> tuple[list[int], str]:
+    """For three or more shapes: the order to list them in (along the axis of larger spread) and its
+    phrase; fewer shapes keep their order."""
+    if len(positions) < 3:
+        return list(range(len(positions))), ""
+    xs, ys = [p[0] for p in positions], [p[1] for p in positions]
+    if max(xs) - min(xs) >= max(ys) - min(ys):
+        return sorted(range(len(xs)), key=lambda i: xs[i]), "from left to right"
+    return sorted(range(len(ys)), key=lambda i: ys[i]), "from top to bottom"
+
+
+def make_caption(words: list[tuple[str, str, str]], positions: list[tuple[float, float]]) -> str:
+    """The caption of shapes given as (size, colour, kind) words and normalised centres, in caption order."""
+    descs = [f"a {s} {c} {k}" for s, c, k in words]
+    if len(descs) == 1:
+        return f"{descs[0]} {region_phrase(*positions[0])}"
+    if len(descs) == 2:
+        return f"{descs[0]} {relation_phrase(positions[0], positions[1])} {descs[1]}"
+    _, phrase = caption_order(positions)
+    return f"{', '.join(descs[:-1])} and {descs[-1]} {phrase}"
+
+
+class ShapesDataset(Dataset):
+    """Procedural coloured shapes, deterministic from ``(seed, index)`` (see the module docstring)."""
+
+    Config = ShapesConfig
+
+    def __init__(self, config: ShapesConfig | None = None, **overrides: Any) -> None:
+        self.config = replace(config or ShapesConfig(), **overrides)
+        cfg = self.config
+        self.kinds, self.colours = cfg.kinds, cfg.colours
+        self._palette = [COLOURS[c] for c in cfg.colours]
+        if cfg.label_from == "kind":
+            self.classes: tuple[str, ...] = cfg.kinds
+        elif cfg.label_from == "colour":
+            self.classes = cfg.colours
+        elif cfg.label_from == "kind_colour":
+            self.classes = tuple(f"{c} {k}" for k in cfg.kinds for c in cfg.colours)
+        elif cfg.label_from == "count":
+            self.classes = tuple(str(n) for n in range(1, cfg.max_shapes + 1))
+        else:
+            self.classes = ()
+        self._cache: dict[int, ShapesSample] = {}
+        S, ss = cfg.size, cfg.supersample
+        rows = np.arange(S * ss) // ss
+        self._pixel_keys = ((rows[:, None] * S + rows[None, :]) * (cfg.max_shapes + 1)).ravel()
+
+    def __len__(self) -> int:
+        return self.config.length
+
+    # -- sampling and rendering -------------------------------------------------------------------
+    def _layout(self, index: int) -> tuple[tuple[int, int, int], list[ShapeSpec]]:
+        cfg, S = self.config, self.config.size
+        rng = np.random.default_rng([cfg.seed, index])
+        if cfg.background == "black":
+            bg = (0, 0, 0)
+        elif cfg.background == "white":
+            bg = (255, 255, 255)
+        else:
+            bg = tuple(int(v) for v in rng.integers(200, 256, size=3))
+        pick = lambda n: min(int(rng.random() * n), n - 1)  # noqa: E731  (cheaper than rng.integers)
+        count = cfg.min_shapes + pick(cfg.max_shapes - cfg.min_shapes + 1)
+        placed: list[ShapeSpec] = []
+        for _ in range(count):
+            kind, colour, size = pick(len(cfg.kinds)), pick(len(cfg.colours)), pick(len(SIZES))
+            for attempt in range(cfg.max_tries):
+                if attempt == cfg.max_tries // 2:
+                    size = 0  # crowded: try the rest as a small shape before leaving it out
+                half = SIZE_HALF_EXTENT[size] * S * (1 + SIZE_JITTER * (2 * rng.random() - 1))
+                x, y = half + (S - 2 * half) * rng.random(), half + (S - 2 * half) * rng.random()
+                cand = ShapeSpec(kind, colour, size, x, y, half)
+                if all(_box_overlap(cand, p) <= cfg.max_overlap for p in placed):
+                    placed.append(cand)
+                    break
+        order, _ = caption_order([(p.x, p.y) for p in placed])
+        return bg, [placed[i] for i in order]
+
+    def render(self, index: int) -> ShapesSample:
+        """Render image ``index`` (uint8 arrays and its shape list); memoised when ``cache=True``."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"shapes index {index} out of range for length {len(self)}")
+        if index in self._cache:
+            return self._cache[index]
+        cfg, S, ss = self.config, self.config.size, self.config.supersample
+        bg, shapes = self._layout(index)
+        # Draw instance ids (0 = background, k + 1 = slot k) once into a palette image whose palette holds
+        # the colours: the RGB image and the masks come from the same subpixels.
+        canvas = Image.new("P", (S * ss, S * ss), 0)
+        palette = list(bg) + [v for s in shapes for v in self._palette[s.colour]]
+        canvas.putpalette(palette + [0] * (768 - len(palette)))
+        draw = ImageDraw.Draw(canvas)
+        # Large shapes first so small ones stay visible; slots keep caption order.
+        for k in sorted(range(len(shapes)), key=lambda k: -shapes[k].size):
+            s = shapes[k]
+            cx, cy, h = s.x * ss - 0.5, s.y * ss - 0.5, s.half * ss  # pixel centres at integer coordinates
+            outline = _outline(cfg.kinds[s.kind], cx, cy, h)
+            if outline is None:
+                draw.ellipse((cx - h, cy - h, cx + h, cy + h), fill=k + 1)
+            else:
+                draw.polygon(outline, fill=k + 1)
+        image = np.asarray(canvas.convert("RGB").reduce(ss))  # box filter = exact subpixel average
+        # Subpixel count of every id in every output pixel, by one bincount over (pixel, id) keys.
+        K = cfg.max_shapes + 1
+        keys = self._pixel_keys + np.asarray(canvas).ravel()
+        coverage = np.bincount(keys, minlength=S * S * K).reshape(S, S, K)
+        label_map = coverage.argmax(-1).astype(np.uint8)  # ties go to the lower id (background)
+        words = [(SIZES[s.size], cfg.colours[s.colour], cfg.kinds[s.kind]) for s in shapes]
+        caption = make_caption(words, [(s.x / S, s.y / S) for s in shapes])
+        sample = ShapesSample(image, label_map, shapes, bg, caption)
+        if cfg.cache:
+            self._cache[index] = sample
+        return sample
+
+    # -- torch items --------------------------------------------------------------------------------
+    def _class_label(self, shapes: list[ShapeSpec]) -> int:
+        cfg, first = self.config, shapes[0]
+        if cfg.label_from == "kind":
+            return first.kind
+        if cfg.label_from == "colour":
+            return first.colour
+        if cfg.label_from == "kind_colour":
+            return first.kind * len(cfg.colours) + first.colour
+        return len(shapes) - 1  # "count"; a shape left out by placement can make it < min_shapes
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        cfg, S, M = self.config, self.config.size, self.config.max_shapes
+        sample = self.render(int(index))
+        n = len(sample.shapes)
+        attrs = np.full((3, M), -1, dtype=np.int64)  # kinds, colours, sizes; -1 pads unused slots
+        positions = np.full((M, 2), -1.0, dtype=np.float32)
+        for k, s in enumerate(sample.shapes):
+            attrs[:, k] = (s.kind, s.colour, s.size)
+            positions[k] = (s.x / S, s.y / S)
+        attrs_t = torch.from_numpy(attrs)
+        item: dict[str, Any] = {
+            "image": uint8_to_tensor(sample.image),
+            "caption": sample.caption,
+            "count": torch.tensor(n, dtype=torch.int64),
+            "kinds": attrs_t[0], "colours": attrs_t[1], "sizes": attrs_t[2],
+            "positions": torch.from_numpy(positions),
+            "background": torch.tensor(sample.background, dtype=torch.float32) / 127.5 - 1,
+        }
+        if cfg.label_from != "none" and n > 0:
+            item["label"] = torch.tensor(self._class_label(sample.shapes), dtype=torch.int64)
+        if cfg.return_masks:
+            lm = torch.from_numpy(sample.label_map.astype(np.int64))
+            item["label_map"] = lm
+            item["masks"] = lm[None] == torch.arange(1, M + 1)[:, None, None]
+            item["edges"] = torch.from_numpy(edge_map(sample.label_map)[None].astype(np.float32))
+        return item
+
+    def export(self, directory: str | os.PathLike, n: int | None = None, start: int = 0) -> str:
+        """Write items ``start .. start+n`` as ``images/``, ``masks/`` (label maps: pixel value = slot + 1),
+        ``edges/`` (0/255) PNGs and a ``metadata.jsonl`` (Hugging Face imagefolder convention: ``file_name``
+        and ``text``, plus ``mask_file_name``, ``edge_file_name`` and every shape attribute); returns the
+        directory. The config is saved as ``config.json``."""
+        n = len(self) - start if n is None else n
+        if n < 0 or start < 0 or start + n > len(self):
+            raise ValueError(f"export range start={start}, n={n} is outside 0..{len(self)}")
+        root = os.fspath(directory)
+        for sub in ("images", "masks", "edges"):
+            os.makedirs(os.path.join(root, sub), exist_ok=True)
+        S = self.config.size
+        with open(os.path.join(root, "metadata.jsonl"), "w", encoding="utf-8") as meta:
+            for i in range(start, start + n):
+                sample = self.render(i)
+                name = f"{i:06d}.png"
+                Image.fromarray(sample.image, "RGB").save(os.path.join(root, "images", name))
+                Image.fromarray(sample.label_map, "L").save(os.path.join(root, "masks", name))
+                edges = edge_map(sample.label_map)
+                Image.fromarray((edges * 255).astype(np.uint8), "L").save(os.path.join(root, "edges", name))
+                row = {
+                    "file_name": f"images/{name}", "text": sample.caption, "index": i,
+                    "mask_file_name": f"masks/{name}", "edge_file_name": f"edges/{name}",
+                    "count": len(sample.shapes), "background": list(sample.background),
+                    "shapes": [{"id": k + 1, "kind": self.kinds[s.kind], "colour": self.colours[s.colour],
+                                "size": SIZES[s.size], "x": round(s.x / S, 5), "y": round(s.y / S, 5),
+                                "extent": round(2 * s.half / S, 5)} for k, s in enumerate(sample.shapes)],
+                }
+                meta.write(json.dumps(row) + "\n")
+        with open(os.path.join(root, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(asdict(self.config), f, indent=2)
+        return root
+
+    def __repr__(self) -> str:
+        return f"ShapesDataset({len(self)} images, {self.config})"
+
+
+def edge_map(label_map: np.ndarray) -> np.ndarray:
+    """Boolean (H, W): shape pixels (label > 0) with a 4-neighbour of a different label."""
+    lm = label_map
+    diff = np.zeros(lm.shape, dtype=bool)
+    vertical, horizontal = lm[1:] != lm[:-1], lm[:, 1:] != lm[:, :-1]
+    diff[1:] |= vertical
+    diff[:-1] |= vertical
+    diff[:, 1:] |= horizontal
+    diff[:, :-1] |= horizontal
+    return diff & (lm > 0)

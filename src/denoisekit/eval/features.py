@@ -1,0 +1,390 @@
+"""Feature networks for sample-quality metrics: a small CNN classifier that denoisekit trains and caches.
+
+FID-style metrics need a fixed network whose penultimate features separate what matters in the data
+(Heusel et al. 2017 use Inception-v3, see :mod:`denoisekit.eval.inception`). For a built-in dataset
+no ImageNet network is needed: :func:`train_classifier` fits :class:`FeatureClassifier` to any
+labelled set of images in [-1, 1] (one or several label heads, e.g. digit class, or shape / colour /
+count attributes), deterministically from a seed; :func:`cached_classifier` stores the result under
+the cache directory keyed by a hash of the data and the config, so it is trained once per machine.
+The same network gives features (FID, KID, precision/recall), the classifier accuracy of
+class-conditional samples, and their class coverage.
+
+Images: float ``(N, C, H, W)`` in [-1, 1], or ``uint8`` ``(N, H, W, C)`` arrays as written by
+``denoisekit sample --out x.npz`` (see :func:`as_images`); any size, resized to the network's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+FORMAT = "denoisekit.feature_classifier/1"
+WEIGHTS_FILE, META_FILE = "model.safetensors", "meta.json"
+
+
+def as_images(x: Any, name: str = "images", channels: Sequence[int] = (1, 3)) -> Tensor:
+    """Float32 images ``(N, C, H, W)`` in [-1, 1] from a uint8 ``(N, H, W, C)`` / ``(N, H, W)`` array or tensor
+    (0..255) or a float ``(N, C, H, W)`` array or tensor in [-1, 1]; a clear ``ValueError`` otherwise."""
+    if isinstance(x, np.ndarray):
+        if x.dtype == object:
+            raise ValueError(f"{name}: expected a numeric array, got dtype object")
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}")
+    allowed = " or ".join(map(str, channels))
+    if x.dtype == torch.uint8:
+        if x.ndim == 3:
+            x = x[..., None]
+        if x.ndim != 4 or x.shape[-1] not in channels:
+            raise ValueError(f"{name}: uint8 images must be (N, H, W, C) with C = {allowed}, "
+                             f"got shape {tuple(x.shape)}")
+        x = x.permute(0, 3, 1, 2).float() / 127.5 - 1
+    elif x.is_floating_point():
+        if x.ndim != 4 or x.shape[1] not in channels:
+            hint = " (channels last? float images are channels first)" if x.ndim == 4 and x.shape[-1] in channels \
+                else ""
+            raise ValueError(f"{name}: float images must be (N, C, H, W) with C = {allowed}, "
+                             f"got shape {tuple(x.shape)}{hint}")
+        x = x.detach().float()
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{name}: images contain NaN or inf")
+        lo, hi = (float(x.min()), float(x.max())) if x.numel() else (0.0, 0.0)
+        if lo < -1.01 or hi > 1.01:
+            raise ValueError(f"{name}: float images must be in [-1, 1], got values in [{lo:.3g}, {hi:.3g}] "
+                             "(pass uint8 arrays for 0..255 images)")
+        x = x.clamp(-1, 1)
+    else:
+        raise ValueError(f"{name}: expected uint8 (N, H, W, C) or float (N, C, H, W) images, got dtype {x.dtype}")
+    if x.shape[0] == 0 or x.shape[2] < 2 or x.shape[3] < 2:
+        raise ValueError(f"{name}: need at least one image of at least 2x2 pixels, got shape {tuple(x.shape)}")
+    return x.contiguous()
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Architecture and training of a :class:`FeatureClassifier` (all of it enters the cache key)."""
+
+    image_size: int = 16       # inputs of any size are resized (bilinear, antialiased) to this
+    width: int = 16            # channels of the first stage, doubled per downsampling (capped at 4x)
+    feature_dim: int = 128     # width of the penultimate layer: the feature dimension
+    dropout: float = 0.2
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.05
+    shift: int = 1             # augmentation: random translation by up to this many pixels at image_size
+    noise: float = 0.05        # augmentation: Gaussian pixel noise std, so slightly noisy samples classify
+    test_fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.image_size < 8 or self.image_size & (self.image_size - 1):
+            raise ValueError(f"image_size must be a power of two >= 8, got {self.image_size}")
+        for f in ("width", "feature_dim", "epochs", "batch_size"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class FeatureClassifier(nn.Module):
+    """A VGG-style CNN: stages of two 3x3 conv-BN-ReLU and a 2x2 max pool down to 4x4, a conv, global average
+    pool, a ``feature_dim`` ReLU layer (the features), and one linear head per label.
+
+    ``num_classes``: an int (one label per image) or a sequence (several heads, e.g. attributes).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int | Sequence[int],
+                 config: ClassifierConfig = ClassifierConfig()):
+        super().__init__()
+        self.config, self.in_channels = config, in_channels
+        self.multi_head = not isinstance(num_classes, int)
+        self.num_classes = [int(c) for c in num_classes] if self.multi_head else [int(num_classes)]
+        if not self.num_classes or min(self.num_classes) < 2:
+            raise ValueError(f"every head needs >= 2 classes, got {num_classes}")
+        self.out_dim = config.feature_dim
+        layers, c = [], in_channels
+        for i in range(int(math.log2(config.image_size)) - 2):      # image_size -> 4
+            w = config.width * 2 ** min(i, 2)
+            layers += [_block(c, w), _block(w, w), nn.MaxPool2d(2)]
+            c = w
+        layers += [_block(c, 2 * c), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * c, config.feature_dim),
+                   nn.ReLU()]
+        self.body = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(config.dropout)
+        self.heads = nn.ModuleList(nn.Linear(config.feature_dim, k) for k in self.num_classes)
+        self.info: dict[str, Any] = {}  # filled by training / loading: accuracy, timing, cache path
+
+    def _resize(self, x: Tensor) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"this feature network expects (B, {self.in_channels}, H, W) images in [-1, 1], "
+                             f"got shape {tuple(x.shape)}")
+        s = self.config.image_size
+        if x.shape[-2:] != (s, s):
+            x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+        return x
+
+    def features(self, x: Tensor) -> Tensor:
+        """Penultimate-layer features ``(B, feature_dim)`` of images ``(B, C, H, W)`` in [-1, 1]."""
+        return self.body(self._resize(x))
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """Logits, one ``(B, num_classes[k])`` tensor per head."""
+        h = self.dropout(self.features(x))
+        return [head(h) for head in self.heads]
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        """Predicted labels: ``(B,)`` for a single head, ``(B, K)`` for ``K`` heads (eval mode)."""
+        was = self.training
+        self.eval()
+        pred = torch.stack([lg.argmax(1) for lg in self(x)], 1)
+        self.train(was)
+        return pred if self.multi_head else pred[:, 0]
+
+
+@torch.no_grad()
+def extract_features(extractor: Any, images: Any, batch_size: int = 256, device: Any = None) -> Tensor:
+    """Features ``(N, D)`` float64 of ``images`` (see :func:`as_images`) by ``extractor.features`` or, for a
+    plain module, its forward; batched, in eval mode, without gradients."""
+    x = as_images(images)  # the extractor checks channels: grey is an error here, repeated to RGB by Inception
+    fn = getattr(extractor, "features", extractor)
+    was = extractor.training
+    extractor.eval()
+    dev = device if device is not None else next(extractor.parameters()).device
+    out = [fn(x[i:i + batch_size].to(dev)).double().cpu() for i in range(0, x.shape[0], batch_size)]
+    extractor.train(was)
+    return torch.cat(out)
+
+
+@contextmanager
+def _deterministic(seed: int, threads: int = 1) -> Iterator[None]:
+    """Seeded global RNG, deterministic kernels and a fixed thread count, restored afterwards: the trained
+    weights then depend on the seed only (on one machine; other CPUs may differ in the last bits)."""
+    prev_det, prev_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        torch.use_deterministic_algorithms(True)
+        torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(prev_det)
+            torch.set_num_threads(prev_threads)
+
+
+def _as_labels(labels: Any, n: int, num_classes: list[int]) -> Tensor:
+    y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, Tensor) else labels).long()
+    y = y[:, None] if y.ndim == 1 else y
+    if y.shape != (n, len(num_classes)):
+        raise ValueError(f"labels must be ({n},) or ({n}, {len(num_classes)}) for {len(num_classes)} head(s), "
+                         f"got shape {tuple(y.shape)}")
+    for k, c in enumerate(num_classes):
+        bad = (y[:, k] < -1) | (y[:, k] >= c)
+        if bad.any():
+            raise ValueError(f"label head {k}: values must be in [0, {c}) or -1 (missing), got {int(y[bad][0, k])}")
+    return y
+
+
+def _augment(x: Tensor, shift: int, noise: float, g: torch.Generator) -> Tensor:
+    """Random translation (replicate padding, one offset per image) and Gaussian pixel noise."""
+    if shift > 0:
+        b, _, h, w = x.shape
+        padded = F.pad(x, (shift,) * 4, mode="replicate")
+        dy, dx = torch.randint(0, 2 * shift + 1, (2, b), generator=g)
+        rows = (dy[:, None] + torch.arange(h))[:, None, :, None].expand(b, x.shape[1], h, padded.shape[-1])
+        x = padded.gather(2, rows)
+        cols = (dx[:, None] + torch.arange(w))[:, None, None, :].expand(b, x.shape[1], h, w)
+        x = x.gather(3, cols)
+    if noise > 0:
+        x = x + noise * torch.randn(x.shape, generator=g)
+    return x
+
+
+def _accuracy(model: FeatureClassifier, x: Tensor, y: Tensor) -> list[float]:
+    pred = model.predict(x)
+    pred = pred[:, None] if pred.ndim == 1 else pred
+    return [float((pred[:, k] == y[:, k])[y[:, k] >= 0].double().mean()) for k in range(y.shape[1])]
+
+
+def train_classifier(images: Any, labels: Any, num_classes: int | Sequence[int],
+                     config: ClassifierConfig = ClassifierConfig(), *, verbose: bool = False) -> FeatureClassifier:
+    """Train a :class:`FeatureClassifier` on labelled images, deterministically from ``config.seed``.
+
+    A seeded ``test_fraction`` of the images is held out; ``model.info`` reports per-head test accuracy
+    (``test_accuracy`` is their mean), the split sizes and the training time. AdamW with a one-cycle
+    learning rate (warm-up then cosine decay; Smith & Topin 2019), cross-entropy with label smoothing
+    (Szegedy et al. 2016), label ``-1`` = missing (ignored). Runs single-threaded with deterministic
+    kernels so the weights depend on the seed only.
+    """
+    x = as_images(images, "training images")
+    ncls = [int(c) for c in num_classes] if not isinstance(num_classes, int) else [int(num_classes)]
+    y = _as_labels(labels, x.shape[0], ncls)
+    t0 = time.perf_counter()
+    with _deterministic(config.seed):
+        g = torch.Generator().manual_seed(config.seed)
+        perm = torch.randperm(x.shape[0], generator=g)
+        n_test = max(1, int(round(config.test_fraction * x.shape[0])))
+        test, train = perm[:n_test], perm[n_test:]
+        if len(train) < 2:
+            raise ValueError(f"need at least {n_test + 2} images to train with test_fraction {config.test_fraction}")
+        model = FeatureClassifier(x.shape[1], num_classes, config)
+        # resize once: augmentation then happens at the network's own resolution
+        xs = model._resize(x)
+        steps_per_epoch = math.ceil(len(train) / config.batch_size)
+        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch)
+        model.train()
+        for epoch in range(config.epochs):
+            order = train[torch.randperm(len(train), generator=g)]
+            total = 0.0
+            for i in range(0, len(order), config.batch_size):
+                idx = order[i:i + config.batch_size]
+                xb = _augment(xs[idx], config.shift, config.noise, g)
+                loss = sum(F.cross_entropy(lg, y[idx, k], ignore_index=-1, label_smoothing=config.label_smoothing)
+                           for k, lg in enumerate(model(xb)))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += loss.item() * len(idx)
+            if verbose:
+                print(f"feature classifier epoch {epoch + 1}/{config.epochs}: loss {total / len(train):.4f}")
+        model.eval()
+        acc = _accuracy(model, xs[test], y[test])
+    model.info = {"test_accuracy": sum(acc) / len(acc), "test_accuracy_per_head": acc, "n_train": len(train),
+                  "n_test": n_test, "train_seconds": time.perf_counter() - t0}
+    return model.requires_grad_(False)
+
+
+def default_cache_dir() -> Path:
+    """``$DENOISEKIT_CACHE``, else ``$XDG_CACHE_HOME/denoisekit``, else ``~/.cache/denoisekit``."""
+    if os.environ.get("DENOISEKIT_CACHE"):
+        return Path(os.environ["DENOISEKIT_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "denoisekit"
+
+
+def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cache_key(name: str, images: Tensor, labels: Tensor, num_classes: Any, config: ClassifierConfig) -> str:
+    """Hex digest of everything the trained weights depend on: the data bytes, labels, classes and config."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"format": FORMAT, "name": name, "num_classes": num_classes,
+                         "config": dataclasses.asdict(config)}, sort_keys=True).encode())
+    for t in (images, labels):
+        t = torch.as_tensor(t).contiguous()
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _load_cached(folder: Path, key: str) -> FeatureClassifier:
+    from safetensors.torch import load_file
+
+    meta = json.loads((folder / META_FILE).read_text())
+    if meta.get("format") != FORMAT or meta.get("key") != key:
+        raise ValueError(f"format/key mismatch in {folder / META_FILE}")
+    config = ClassifierConfig(**meta["config"])
+    nc = meta["num_classes"]
+    model = FeatureClassifier(meta["in_channels"], nc if meta["multi_head"] else nc[0], config)
+    model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=True)
+    model.info = dict(meta["info"])
+    return model.eval().requires_grad_(False)
+
+
+def cached_classifier(name: str, images: Any, labels: Any, num_classes: int | Sequence[int],
+                      config: ClassifierConfig = ClassifierConfig(), *, cache_dir: str | os.PathLike | None = None,
+                      verbose: bool = False) -> FeatureClassifier:
+    """:func:`train_classifier`, or its earlier result from ``cache_dir/features/<name>-<key>/``.
+
+    The key hashes the data, labels and config (:func:`cache_key`). The folder holds ``model.safetensors``
+    and ``meta.json`` (config, classes, accuracy, training time), each written atomically; a cache that
+    cannot be read is retrained with a warning. ``model.info["cache"]`` says where it lives and whether it
+    was ``"loaded"`` or ``"trained"``.
+    """
+    from safetensors.torch import save_file
+
+    x = as_images(images, "training images")
+    ncls = [int(c) for c in num_classes] if not isinstance(num_classes, int) else [int(num_classes)]
+    y = _as_labels(labels, x.shape[0], ncls)
+    key = cache_key(name, x, y, ncls, config)
+    folder = (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / "features" \
+        / f"{name}-{key}"
+    if (folder / META_FILE).exists() or (folder / WEIGHTS_FILE).exists():
+        try:
+            model = _load_cached(folder, key)
+            model.info.update(cache=str(folder), cache_status="loaded")
+            return model
+        except Exception as e:  # corrupt or partial files: json, safetensors and torch raise their own types
+            warnings.warn(f"feature network cache {folder} is unreadable ({type(e).__name__}: {e}); retraining",
+                          stacklevel=2)
+    model = train_classifier(x, y if len(ncls) > 1 else y[:, 0], num_classes, config, verbose=verbose)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, "key": key, "name": name, "in_channels": model.in_channels, "num_classes": ncls,
+            "multi_head": model.multi_head, "config": dataclasses.asdict(config), "info": model.info,
+            "torch": torch.__version__}
+    try:  # weights first: meta.json appearing last marks a complete entry
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_atomic(folder / WEIGHTS_FILE, lambda p: save_file(state, p))
+        _write_atomic(folder / META_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+    except OSError as e:  # a read-only or full disk costs a retrain next time, not this result
+        warnings.warn(f"cannot write the feature network cache {folder} ({e}); it will be retrained next time",
+                      stacklevel=2)
+    model.info.update(cache=str(folder), cache_status="trained")
+    return model
+
+
+# --- built-in datasets -------------------------------------------------------------------------------
+
+#: The digits network: 8x8 digits upsampled to 16x16, which also serves 32x32 samples at digit detail.
+DIGITS_CONFIG = ClassifierConfig()
+
+
+def digits_labelled() -> tuple[Tensor, Tensor]:
+    """All 1797 scikit-learn digits at their native 8x8: images ``(N, 1, 8, 8)`` in [-1, 1], labels ``(N,)``."""
+    from ..data.digits import DigitsDataset
+
+    ds = DigitsDataset(size=8, split="all")
+    return ds.images, ds.labels
+
+
+def digits_feature_network(cache_dir: str | os.PathLike | None = None, config: ClassifierConfig = DIGITS_CONFIG,
+                           verbose: bool = False) -> FeatureClassifier:
+    """The digits feature/classifier network (10 classes), trained on first use and cached."""
+    x, y = digits_labelled()
+    return cached_classifier("digits", x, y, 10, config, cache_dir=cache_dir, verbose=verbose)
+
+
+#: Built-in feature networks by dataset name: ``FEATURE_NETWORKS[name](cache_dir=...)``.
+FEATURE_NETWORKS: dict[str, Callable[..., FeatureClassifier]] = {"digits": digits_feature_network}

@@ -1,0 +1,13 @@
+"""Networks. ``MODELS`` maps a config name to a class whose ``config_class`` is its frozen dataclass."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .dit import DiT, DiTConfig
+from .mlp import MLP, MLPConfig
+from .unet import UNet, UNetConfig
+
+MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "unet": UNet, "dit": DiT}
+
+__all__ = ["DiT", "DiTConfig", "MLP", "MLPConfig", "MODELS", "UNet", "UNetConfig"]

@@ -1,0 +1,266 @@
+"""Training checkpoints: safetensors for tensors, JSON for everything else, written atomically.
+
+A checkpoint is a directory ``<root>/step_00001000/`` holding
+
+- ``model.safetensors`` and ``ema.safetensors``: the network's and the EMA's ``state_dict``;
+- ``optimizer.safetensors``: the optimiser's per-parameter tensors (``state.<index>.<name>``);
+- ``state.json``: step, optimiser hyper-parameters and scalar state, LR-scheduler state, EMA state,
+  the data position, NaN counters and every process's RNG states (torch, numpy, python).
+
+Nothing is pickled, so loading a checkpoint from someone else runs no code. The directory is built
+under a temporary name, every file is fsynced, and only then renamed into place (``os.replace``),
+so a crash or a full disk never leaves a half-written checkpoint where :func:`latest_checkpoint`
+looks. Older checkpoints beyond the last ``keep_last`` are deleted after a successful write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+FORMAT = "denoisekit.checkpoint/1"
+MODEL_FILE, EMA_FILE, OPTIM_FILE, STATE_FILE = "model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json"
+_STEP_DIR = re.compile(r"^step_(\d{8,})$")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic files
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory entry (a rename) to disk; a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) -> None:
+    """Write ``path`` via ``write(tmp)`` to a temporary file beside it, fsync, then ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a run directory is meant to be shared
+        _fsync_file(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    write_atomic(path, lambda p: p.write_text(text))
+
+
+def save_tensors(path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Save tensors (moved to CPU, made contiguous) to a safetensors file (not atomically: see callers)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    save_file(state, str(path), metadata=metadata)
+
+
+def load_tensors(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Read a safetensors file; a missing file is ``FileNotFoundError``, a corrupt one ``ValueError``."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+        raise ValueError(f"{path}: cannot read safetensors ({e})") from None
+
+
+def load_json(path: str | os.PathLike[str]) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimiser and RNG state without pickle
+
+
+def flatten_optimizer_state(state_dict: Mapping[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Split ``optimizer.state_dict()`` into tensors (``state.<param>.<name>``) and a JSON-able rest."""
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, entries in state_dict["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, Tensor):
+                tensors[f"state.{pid}.{name}"] = value
+            else:
+                scalars.setdefault(str(pid), {})[name] = value
+    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in state_dict["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def unflatten_optimizer_state(tensors: Mapping[str, Tensor], rest: Mapping[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`flatten_optimizer_state`."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        _, pid, name = key.split(".", 2)
+        state.setdefault(int(pid), {})[name] = value
+    for pid, entries in rest["scalars"].items():
+        state.setdefault(int(pid), {}).update(entries)
+    groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
+              for g in rest["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def capture_rng() -> dict[str, Any]:
+    """This process's RNG states (python, numpy, torch CPU and CUDA) as JSON-able values."""
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    out: dict[str, Any] = {
+        "python": [version, list(mt), gauss],
+        "numpy": {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state().numpy().tobytes().hex(),
+    }
+    if torch.cuda.is_available():
+        out["cuda"] = [s.numpy().tobytes().hex() for s in torch.cuda.get_rng_state_all()]
+    return out
+
+
+def restore_rng(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`capture_rng`."""
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["name"], np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(torch.frombuffer(bytearray.fromhex(state["torch"]), dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = [torch.frombuffer(bytearray.fromhex(s), dtype=torch.uint8) for s in state["cuda"]]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint directories
+
+
+def list_checkpoints(root: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """Complete checkpoints under ``root`` as ``(step, path)``, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
+    return sorted(found)
+
+
+def latest_checkpoint(root: str | os.PathLike[str]) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1][1] if found else None
+
+
+def clean_stale(root: str | os.PathLike[str]) -> None:
+    """Remove temporary directories left by an interrupted save."""
+    root = Path(root)
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.is_dir() and p.name.startswith((".tmp-", ".old-")):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def save_checkpoint(root: str | os.PathLike[str], step: int, *, model: Mapping[str, Tensor],
+                    ema: Mapping[str, Tensor], optimizer: Mapping[str, Any], state: Mapping[str, Any],
+                    keep_last: int = 3) -> Path:
+    """Write ``<root>/step_<step>/`` atomically (see the module docstring) and prune to ``keep_last``.
+
+    ``optimizer`` is ``optimizer.state_dict()``; ``state`` is any JSON-able mapping (scheduler, EMA,
+    data position, RNG...), stored under ``state.json`` with ``format``, ``step`` and the optimiser's
+    scalar state added.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_dir_name(step)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+    try:
+        os.chmod(tmp, 0o755)
+        meta = {"format": FORMAT, "step": str(step)}
+        save_tensors(tmp / MODEL_FILE, model, meta)
+        save_tensors(tmp / EMA_FILE, ema, meta)
+        optim_tensors, optim_rest = flatten_optimizer_state(optimizer)
+        save_tensors(tmp / OPTIM_FILE, optim_tensors, meta)
+        doc = {"format": FORMAT, "step": step, "optimizer": optim_rest, **state}
+        (tmp / STATE_FILE).write_text(json.dumps(doc, indent=1, allow_nan=True) + "\n")
+        for f in tmp.iterdir():
+            _fsync_file(f)
+        fsync_dir(tmp)
+        if final.exists():  # re-saving a step (after a resume): swap, never delete first
+            old = root / f".old-{final.name}-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if keep_last > 0:
+        for _, old_path in list_checkpoints(root)[:-keep_last]:
+            shutil.rmtree(old_path, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: str | os.PathLike[str], *, weights_only: bool = False) -> dict[str, Any]:
+    """Read a checkpoint directory: ``{"step", "model", "ema", "optimizer", "state"}``.
+
+    ``weights_only`` skips the optimiser. Missing files raise ``FileNotFoundError`` naming them;
+    corrupt or foreign ones ``ValueError``.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint directory {str(path)!r} does not exist")
+    state = load_json(path / STATE_FILE)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path / STATE_FILE}: format is {found!r}, expected {FORMAT!r}")
+    if not isinstance(state.get("step"), int) or state["step"] < 0:
+        raise ValueError(f"{path / STATE_FILE}: 'step' must be an integer >= 0, got {state.get('step')!r}")
+    out: dict[str, Any] = {"step": state["step"], "state": state,
+                           "model": load_tensors(path / MODEL_FILE), "ema": load_tensors(path / EMA_FILE)}
+    if not weights_only:
+        try:
+            out["optimizer"] = unflatten_optimizer_state(load_tensors(path / OPTIM_FILE), state["optimizer"])
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{path}: malformed optimiser state ({e!r})") from None
+    return out

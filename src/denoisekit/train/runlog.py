@@ -1,0 +1,114 @@
+"""Run outputs of the main process: CSV and TensorBoard logs, the loss curve, sample grids."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .checkpoint import write_atomic, write_text_atomic
+
+
+def save_image_grid(images: Tensor, path: str | os.PathLike[str], per_row: int, *, min_cell: int = 32) -> None:
+    """Images ``(N, C, H, W)`` in [-1, 1] as one PNG, ``per_row`` per row, cells upscaled (nearest) to at
+    least ``min_cell`` pixels. One channel is greyscale, 3 (or the first 3 of 4) RGB, else channel 0."""
+    from PIL import Image
+
+    x = images.detach().float().cpu().clamp(-1, 1)
+    x = x[:, :3] if x.shape[1] in (3, 4) else x[:, :1]
+    k = max(1, math.ceil(min_cell / max(x.shape[2:])))
+    x = x.repeat_interleave(k, 2).repeat_interleave(k, 3)
+    n, ch, h, w = x.shape
+    rows, pad = math.ceil(n / per_row), 2
+    grid = torch.ones(ch, rows * (h + pad) + pad, per_row * (w + pad) + pad)
+    for i in range(n):
+        r, col = divmod(i, per_row)
+        grid[:, pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = x[i]
+    arr = ((grid + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    img = Image.fromarray(arr[..., 0] if ch == 1 else arr)
+    write_atomic(path, lambda p: img.save(p, format="PNG"))
+
+
+_TB_WARNED = False
+
+
+def _summary_writer(log_dir: Path, purge_step: int | None) -> Any:
+    global _TB_WARNED
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        if not _TB_WARNED:
+            warnings.warn(f"TensorBoard logging is off ({e}); pip install tensorboard to enable it")
+            _TB_WARNED = True
+        return None
+    return SummaryWriter(str(log_dir), purge_step=purge_step)
+
+
+class RunLog:
+    """The main process's logs: ``log.csv``, ``metrics.csv``, TensorBoard ``tb/`` and ``loss.png``.
+
+    On resume, rows after the checkpoint's step (written before an interruption) are dropped, so the
+    logs read as if the run had never stopped.
+    """
+
+    FIELDS = ("step", "loss", "lr", "grad_norm", "nan_skipped", "images_per_s", "elapsed_s")
+
+    def __init__(self, out: Path, step: int, *, resumed: bool):
+        self.out = out
+        self.files = {"log": (out / "log.csv", self.FIELDS), "metrics": (out / "metrics.csv", ("step", "name", "value"))}
+        for path, fields in self.files.values():
+            rows = [r for r in self._rows(path) if int(r["step"]) <= step] if resumed else []
+            lines = [",".join(fields)] + [",".join(str(r.get(f, "")) for f in fields) for r in rows]
+            write_text_atomic(path, "\n".join(lines) + "\n")
+        self.tb = _summary_writer(out / "tb", step + 1 if resumed else None)
+
+    @staticmethod
+    def _rows(path: Path) -> list[dict[str, str]]:
+        if not path.is_file():
+            return []
+        with open(path, newline="") as f:
+            return [r for r in csv.DictReader(f) if (r.get("step") or "").isdigit()]
+
+    def _append(self, name: str, values: Sequence[Any]) -> None:
+        with open(self.files[name][0], "a") as f:
+            f.write(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in values) + "\n")
+
+    def log(self, row: Mapping[str, Any]) -> None:
+        self._append("log", [row[f] for f in self.FIELDS])
+        if self.tb is not None:
+            for k in self.FIELDS[1:]:
+                self.tb.add_scalar(f"train/{k}", row[k], row["step"])
+
+    def metrics(self, step: int, values: Mapping[str, float]) -> None:
+        for k, v in values.items():
+            self._append("metrics", [step, k, float(v)])
+            if self.tb is not None:
+                self.tb.add_scalar(f"eval/{k}", float(v), step)
+
+    def plot(self) -> None:
+        """``loss.png``: the logged loss against the step (log scale)."""
+        from matplotlib.figure import Figure  # no pyplot: leaves the user's backend alone
+
+        pts = [(int(r["step"]), float(r["loss"])) for r in self._rows(self.files["log"][0])]
+        pts = [(s, v) for s, v in pts if math.isfinite(v)]
+        fig = Figure(figsize=(6, 3.6), dpi=100)
+        ax = fig.subplots()
+        if pts:
+            ax.plot(*zip(*pts), lw=1.2)
+            if all(v > 0 for _, v in pts):
+                ax.set_yscale("log")
+        ax.set(xlabel="step", ylabel="loss", title="training loss")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        write_atomic(self.out / "loss.png", lambda p: fig.savefig(p, format="png"))
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
