@@ -7,8 +7,9 @@ BIN   := $(VENV)/bin
 PIP   := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 RUN   ?= runs/moons
+DEMO  ?= runs/demo
 
-.PHONY: demo test bench install clean
+.PHONY: demo demo2d test bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +23,19 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 demo: $(STAMP)
+	rm -rf $(DEMO)  # the demo is rebuilt from scratch each time
+	$(BIN)/denoisekit train configs/digits-demo.yaml --out $(DEMO) --threads 2
+	$(BIN)/denoisekit sample $(DEMO) --label all --n 100 --out $(DEMO)/samples.png
+	$(BIN)/denoisekit sample $(DEMO) --label all --n 1000 --out $(DEMO)/samples.npz
+	$(BIN)/denoisekit eval $(DEMO)/samples.npz --ref digits --json $(DEMO)/metrics.json
+	$(BIN)/denoisekit report $(DEMO)
+	@echo "demo outputs: $(DEMO)/samples.png, $(DEMO)/loss.png, $(DEMO)/metrics.json, $(DEMO)/report.md"
+
+demo2d: $(STAMP)
 	$(BIN)/denoisekit train2d --data moons --process ddpm --prediction eps --steps 3000 --out $(RUN)
 	$(BIN)/denoisekit sample2d $(RUN) --sampler dpmpp_2m --nfe 10 --n 2000 --out $(RUN)/samples.png \
 		--gif $(RUN)/trajectory.gif
-	@echo "demo outputs: $(RUN)/samples.png, $(RUN)/trajectory.gif, $(RUN)/samples.json, $(RUN)/loss.csv"
+	@echo "2-D demo outputs: $(RUN)/samples.png, $(RUN)/trajectory.gif, $(RUN)/samples.json, $(RUN)/loss.csv"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

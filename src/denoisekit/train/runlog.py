@@ -36,6 +36,14 @@ def save_image_grid(images: Tensor, path: str | os.PathLike[str], per_row: int, 
     write_atomic(path, lambda p: img.save(p, format="PNG"))
 
 
+def read_log_rows(path: Path) -> list[dict[str, str]]:
+    """The data rows of a run's ``log.csv`` or ``metrics.csv`` (none if the file is missing)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if (r.get("step") or "").isdigit()]
+
+
 _TB_WARNED = False
 
 
@@ -69,12 +77,7 @@ class RunLog:
             write_text_atomic(path, "\n".join(lines) + "\n")
         self.tb = _summary_writer(out / "tb", step + 1 if resumed else None)
 
-    @staticmethod
-    def _rows(path: Path) -> list[dict[str, str]]:
-        if not path.is_file():
-            return []
-        with open(path, newline="") as f:
-            return [r for r in csv.DictReader(f) if (r.get("step") or "").isdigit()]
+    _rows = staticmethod(read_log_rows)
 
     def _append(self, name: str, values: Sequence[Any]) -> None:
         with open(self.files[name][0], "a") as f:

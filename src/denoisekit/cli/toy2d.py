@@ -1,88 +1,32 @@
-"""The ``denoisekit`` command line.
-
-    denoisekit train2d --data moons --process ddpm --prediction eps --steps 3000 --out runs/moons
-    denoisekit sample2d runs/moons --sampler dpmpp_2m --nfe 10 --out samples.png --gif traj.gif
-    denoisekit list
-
-Each subcommand is a pair ``(add_arguments(parser), run(args) -> int)`` in :data:`COMMANDS`; a new
-one (image ``train``/``sample``/``eval``) is one more entry. Bad input — unknown names, a missing
-run directory, NFE < 1 — is one line ``denoisekit: error: ...`` on stderr and exit code 2.
-"""
+"""``denoisekit train2d`` and ``sample2d``: the 2-D toy workflow."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 
-from .data.toy2d import DATASETS
-from .losses import NOISE_LEVELS, WEIGHTINGS, DiffusionLoss
-from .models import MODELS
-from .prediction import PREDICTIONS
-from .process import PROCESSES
-from .samplers import SAMPLERS
-from .schedules import SCHEDULES
+from ..data.toy2d import DATASETS
+from ..losses import NOISE_LEVELS, WEIGHTINGS, DiffusionLoss
+from ..models import MODELS
+from ..prediction import PREDICTIONS
+from ..process import PROCESSES
+from ..schedules import SCHEDULES
+from .common import PROG, UsageError, key_values, positive_int, threads
 
-PROG = "denoisekit"
 #: Independent draws of the true data whose distances to the held-out set are averaged as a reference.
 REFERENCE_DRAWS = 3
-
-
-class UsageError(Exception):
-    """Bad command-line input: reported as one line and exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # argparse would print the whole usage first
-        raise UsageError(f"{message} (see '{self.prog} --help')")
-
-
-def _key_values(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
-    """``["a=1", "b=cosine"]`` -> ``{"a": 1, "b": "cosine"}`` (values parsed as JSON when possible)."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"{flag} expects KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    """Run with ``n`` torch CPU threads, restoring the previous count (``main`` may run in-process)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 # ----------------------------------------------------------------------------------------- train2d
 
 def _add_train2d(p: argparse.ArgumentParser) -> None:
-    from .train.toy2d import Toy2DConfig
+    from ..train.toy2d import Toy2DConfig
 
     d = Toy2DConfig()
     p.add_argument("--data", default=d.data, help=f"dataset: {', '.join(DATASETS)} (default {d.data})")
@@ -92,40 +36,40 @@ def _add_train2d(p: argparse.ArgumentParser) -> None:
                    help="process keyword argument, repeatable (e.g. beta_schedule=cosine)")
     p.add_argument("--prediction", default=d.prediction, help=f"network output: {', '.join(PREDICTIONS)}")
     p.add_argument("--time-input", default=d.time_input, help="time given to the network: model, t, log_sigma")
-    p.add_argument("--steps", type=_positive_int, default=d.steps, help=f"optimiser steps (default {d.steps})")
-    p.add_argument("--batch", type=_positive_int, default=d.batch)
+    p.add_argument("--steps", type=positive_int, default=d.steps, help=f"optimiser steps (default {d.steps})")
+    p.add_argument("--batch", type=positive_int, default=d.batch)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--warmup", type=int, default=d.warmup, help="linear learning-rate warmup steps")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--ema-decay", type=float, default=d.ema_decay)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--n-train", type=_positive_int, default=d.n_train, help="size of the fixed training set")
+    p.add_argument("--n-train", type=positive_int, default=d.n_train, help="size of the fixed training set")
     p.add_argument("--noise-levels", default=d.loss.noise_levels, help=f"{', '.join(NOISE_LEVELS)}")
     p.add_argument("--loss-weighting", default=d.loss.weighting, help=f"{', '.join(WEIGHTINGS)}")
     p.add_argument("--gamma", type=float, default=d.loss.gamma, help="gamma of min_snr / soft_min_snr")
     p.add_argument("--model", default=d.model, help=f"network: {', '.join(MODELS)}")
-    p.add_argument("--hidden", type=_positive_int, default=None, help="MLP width")
-    p.add_argument("--depth", type=_positive_int, default=None, help="number of residual blocks")
-    p.add_argument("--emb-dim", type=_positive_int, default=None, help="time-embedding features")
+    p.add_argument("--hidden", type=positive_int, default=None, help="MLP width")
+    p.add_argument("--depth", type=positive_int, default=None, help="number of residual blocks")
+    p.add_argument("--emb-dim", type=positive_int, default=None, help="time-embedding features")
     p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint interval (0: at the end)")
-    p.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads (small MLPs: 1 is fastest)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (small MLPs: 1 is fastest)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _run_train2d(args: argparse.Namespace) -> int:
-    from .train.toy2d import Toy2DConfig, final_loss, train_toy2d
+    from ..train.toy2d import Toy2DConfig, final_loss, train_toy2d
 
     model = {k: v for k, v in (("hidden", args.hidden), ("depth", args.depth), ("emb_dim", args.emb_dim))
              if v is not None}
     config = Toy2DConfig(
         out=args.out, data=args.data, n_train=args.n_train, process=args.process,
-        process_kwargs=_key_values(args.process_arg, "--process-arg"), prediction=args.prediction,
+        process_kwargs=key_values(args.process_arg, "--process-arg"), prediction=args.prediction,
         time_input=args.time_input, model=args.model, model_config=model,
         loss=DiffusionLoss(args.noise_levels, args.loss_weighting, gamma=args.gamma),  # type: ignore[arg-type]
         steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
         ema_decay=args.ema_decay, seed=args.seed, save_every=args.save_every)
     start = time.perf_counter()
-    with _threads(args.threads):
+    with threads(args.threads):
         run = train_toy2d(config, progress=not args.quiet)
     print(f"trained {config.data} ({config.process}, {config.prediction}) for {config.steps} steps in "
           f"{time.perf_counter() - start:.1f} s; final loss {final_loss(run):.4f}; wrote {run}")
@@ -144,33 +88,33 @@ def _add_sample2d(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", default="log_snr",
                    help=f"step schedule: {', '.join(SCHEDULES)} (default log_snr)")
     p.add_argument("--sampler-arg", action="append", metavar="KEY=VALUE", help="sampler option, e.g. eta=1")
-    p.add_argument("--n", type=_positive_int, default=2000, help="number of samples (default 2000)")
+    p.add_argument("--n", type=positive_int, default=2000, help="number of samples (default 2000)")
     p.add_argument("--out", default="samples.png", help="scatter plot to write (PNG)")
     p.add_argument("--gif", default=None, help="also write the sampling trajectory as an animated GIF")
     p.add_argument("--metrics", default=None, help="metrics JSON path (default: --out with .json)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-nll", action="store_true", help="skip the (slow) likelihood of held-out data")
-    p.add_argument("--nll-points", type=_positive_int, default=300, help="held-out points for the NLL")
-    p.add_argument("--threads", type=_positive_int, default=1)
+    p.add_argument("--nll-points", type=positive_int, default=300, help="held-out points for the NLL")
+    p.add_argument("--threads", type=positive_int, default=1)
 
 
 def _run_sample2d(args: argparse.Namespace) -> int:
-    with _threads(args.threads):
+    with threads(args.threads):
         return _sample2d(args)
 
 
 def _sample2d(args: argparse.Namespace) -> int:
-    from .data.toy2d import toy2d_log_prob
-    from .eval.toy2d import model_nll, sliced_wasserstein, wasserstein2
-    from .plotting import save_scatter, save_trajectory_gif
-    from .sampling import sample, steps_for_nfe
-    from .train.toy2d import held_out, load_run
+    from ..data.toy2d import toy2d_log_prob
+    from ..eval.toy2d import model_nll, sliced_wasserstein, wasserstein2
+    from ..plotting import save_scatter, save_trajectory_gif
+    from ..sampling import sample, steps_for_nfe
+    from ..train.toy2d import held_out, load_run
 
     if args.nfe < 1:
         raise UsageError(f"--nfe must be >= 1, got {args.nfe}")
     if args.schedule not in SCHEDULES:
         raise UsageError(f"unknown schedule {args.schedule!r}; allowed: {', '.join(sorted(SCHEDULES))}")
-    options = _key_values(args.sampler_arg, "--sampler-arg")
+    options = key_values(args.sampler_arg, "--sampler-arg")
     steps = steps_for_nfe(args.sampler, args.nfe, **options)  # checks the sampler before any work
     out = Path(args.out)
     metrics_path = Path(args.metrics) if args.metrics else out.with_suffix(".json")
@@ -243,61 +187,3 @@ def _sample2d(args: argparse.Namespace) -> int:
               f"{metrics['nll_points']} held-out points, {metrics['nll_seconds']:.1f} s)")
     print(f"  wrote {', '.join(written)}")
     return 0
-
-
-# -------------------------------------------------------------------------------------------- list
-
-def _add_list(p: argparse.ArgumentParser) -> None:
-    pass
-
-
-def _run_list(args: argparse.Namespace) -> int:
-    sections = {
-        "processes": list(PROCESSES), "predictions": list(PREDICTIONS), "samplers": list(SAMPLERS),
-        "schedules": list(SCHEDULES), "datasets (2-D)": list(DATASETS), "models": list(MODELS),
-        "noise levels": list(NOISE_LEVELS), "loss weightings": list(WEIGHTINGS),
-    }
-    for name, items in sections.items():
-        print(f"{name}: {', '.join(items)}")
-    return 0
-
-
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
-    "train2d": ("train a diffusion model on a 2-D toy dataset", _add_train2d, _run_train2d),
-    "sample2d": ("sample a 2-D run: scatter plot, optional GIF, metrics", _add_sample2d, _run_sample2d),
-    "list": ("list registered processes, predictions, samplers, schedules, datasets", _add_list, _run_list),
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Train, sample and evaluate diffusion and flow models.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name, (help_text, add, run) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        add(p)
-        p.set_defaults(handler=run)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point (``denoisekit``): returns the exit code; bad input is one error line and code 2."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-        if args.command is None:
-            parser.print_help()
-            return 2
-        return int(args.handler(args))
-    except (UsageError, ValueError, FileNotFoundError, NotADirectoryError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    except FloatingPointError as e:  # a diverged model or run: not bad input, but no traceback either
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
