@@ -14,15 +14,6 @@ SIGMA_MIN = 1e-3
 SIGMA_MAX = 1e4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Hundreds of ODE steps on tiny tensors: threads only add overhead, and contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("dim", [2, 8])
 def test_exact_nll_matches_closed_form(dim):
     gm = GaussianMixture.random(dim=dim, components=4, seed=1)

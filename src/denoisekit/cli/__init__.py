@@ -48,7 +48,8 @@ def _run_list(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "train2d": ("train a diffusion model on a 2-D toy dataset", toy2d._add_train2d, toy2d._run_train2d),
-    "sample2d": ("sample a 2-D run: scatter plot, optional GIF, metrics", toy2d._add_sample2d, toy2d._run_sample2d),
+    "sample2d": ("sample a 2-D run: scatter plot, optional GIF, metrics",
+                 toy2d._add_sample2d, toy2d._run_sample2d),
     **image.COMMANDS,
     "list": ("list registered processes, predictions, samplers, schedules, datasets", _add_list, _run_list),
 }

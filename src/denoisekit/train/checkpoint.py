@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 FORMAT = "denoisekit.checkpoint/1"
 MODEL_FILE, EMA_FILE, OPTIM_FILE, STATE_FILE = "model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json"
@@ -264,3 +264,18 @@ def load_checkpoint(path: str | os.PathLike[str], *, weights_only: bool = False)
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"{path}: malformed optimiser state ({e!r})") from None
     return out
+
+
+def load_weights(net: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """``load_state_dict`` with errors naming the file, the mismatched keys and shapes, and NaNs."""
+    expected = net.state_dict()
+    missing, unknown = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unknown:
+        raise ValueError(f"{source}: weights do not match the config's model (missing: {', '.join(missing[:8]) or '-'};"
+                         f" unexpected: {', '.join(unknown[:8]) or '-'})")
+    for k, v in expected.items():
+        if state[k].shape != v.shape:
+            raise ValueError(f"{source}: tensor {k!r} has shape {tuple(state[k].shape)}, the config needs {tuple(v.shape)}")
+        if state[k].is_floating_point() and not torch.isfinite(state[k]).all():
+            raise ValueError(f"{source}: tensor {k!r} contains NaN or inf")
+    net.load_state_dict(dict(state))

@@ -32,7 +32,7 @@ from ..losses import DiffusionLoss
 from ..models import MODELS
 from ..prediction import PREDICTIONS, Denoiser
 from ..process import PROCESSES, get_process
-from .checkpoint import load_json, load_tensors, save_tensors, write_atomic, write_text_atomic
+from .checkpoint import load_json, load_tensors, load_weights, save_tensors, write_atomic, write_text_atomic
 from .ema import EMA
 
 CONFIG_FILE, WEIGHTS_FILE, LOSS_FILE = "config.json", "model.safetensors", "loss.csv"
@@ -236,18 +236,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> tuple[Denoiser, Toy2DConfig]:
     config = Toy2DConfig.from_dict(load_json(cfg_path), str(cfg_path))
     denoiser = build_denoiser(config)
     state = load_tensors(w_path)
-    expected = denoiser.net.state_dict()
-    missing, unknown = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unknown:
-        raise ValueError(f"{w_path}: weights do not match {cfg_path.name} (missing: {', '.join(missing) or '-'}; "
-                         f"unexpected: {', '.join(unknown) or '-'})")
-    for k, v in expected.items():
-        if state[k].shape != v.shape:
-            raise ValueError(f"{w_path}: tensor {k!r} has shape {tuple(state[k].shape)}, "
-                             f"the config needs {tuple(v.shape)}")
-        if not torch.isfinite(state[k]).all():
-            raise ValueError(f"{w_path}: tensor {k!r} contains NaN or inf")
-    denoiser.net.load_state_dict(state)
+    load_weights(denoiser.net, state, str(w_path))
     return denoiser.eval().requires_grad_(False), config
 
 

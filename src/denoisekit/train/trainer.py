@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from .._utils import check_choice, seeded_generators
@@ -46,7 +46,7 @@ from ..config import (Config, apply_overrides, build_dataset, build_denoiser, bu
                       config_to_dict, load_config, save_config)
 from ..prediction import Denoiser
 from ..sampling import sample
-from .checkpoint import (STATE_FILE, capture_rng, clean_stale, latest_checkpoint, load_checkpoint, load_json,
+from .checkpoint import (STATE_FILE, capture_rng, clean_stale, latest_checkpoint, load_checkpoint, load_json, load_weights,
                          load_tensors, restore_rng, save_checkpoint)
 from .data_stream import _LOADER, _NOISE, EpochIndexed, StreamSampler, collate_images, stream_seeds
 from .ema import EMA
@@ -91,21 +91,6 @@ def config_changes(old: Config, new: Config) -> list[str]:
 
 def _world_size_from_env() -> int:
     return max(int(os.environ.get(k, "1") or 1) for k in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"))
-
-
-def _load_weights(net: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
-    """``load_state_dict`` with errors naming the file, the mismatched keys and shapes, and NaNs."""
-    expected = net.state_dict()
-    missing, unknown = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unknown:
-        raise ValueError(f"{source}: weights do not match the config's model (missing: {', '.join(missing[:8]) or '-'};"
-                         f" unexpected: {', '.join(unknown[:8]) or '-'})")
-    for k, v in expected.items():
-        if state[k].shape != v.shape:
-            raise ValueError(f"{source}: tensor {k!r} has shape {tuple(state[k].shape)}, the config needs {tuple(v.shape)}")
-        if state[k].is_floating_point() and not torch.isfinite(state[k]).all():
-            raise ValueError(f"{source}: tensor {k!r} contains NaN or inf")
-    net.load_state_dict(dict(state))
 
 
 class Trainer:
@@ -207,8 +192,8 @@ class Trainer:
     def _load(self, path: Path) -> dict[str, Any] | None:
         ck = load_checkpoint(path)
         st = ck["state"]
-        _load_weights(self.raw_net, ck["model"], str(path / "model.safetensors"))
-        _load_weights(self.ema.module, ck["ema"], str(path / "ema.safetensors"))
+        load_weights(self.raw_net, ck["model"], str(path / "model.safetensors"))
+        load_weights(self.ema.module, ck["ema"], str(path / "ema.safetensors"))
         try:
             self.ema.load_state_dict(st["ema"])
             self.opt.load_state_dict(ck["optimizer"])
@@ -452,5 +437,5 @@ def load_run(run_dir: str | os.PathLike[str], *, weights: Literal["ema", "model"
         raise FileNotFoundError(f"{run / CHECKPOINTS}: no checkpoint (did training stop before its first save?)")
     path = ckpt / f"{weights}.safetensors"
     net = build_model(config)
-    _load_weights(net, load_tensors(path), str(path))
+    load_weights(net, load_tensors(path), str(path))
     return build_denoiser(config, net).eval().requires_grad_(False), config
