@@ -160,7 +160,8 @@ def test_tiny_overfit():
     g = torch.Generator().manual_seed(0)
     x0 = torch.sign(torch.randn(4, 1, 8, 8, generator=g))
     t = torch.tensor([0.1, 0.3, 0.5, 0.7])
-    x = torch.cos(t * 1.5)[:, None, None, None] * x0 + torch.sin(t * 1.5)[:, None, None, None] * torch.randn(4, 1, 8, 8, generator=g)
+    a, s = torch.cos(t * 1.5)[:, None, None, None], torch.sin(t * 1.5)[:, None, None, None]
+    x = a * x0 + s * torch.randn(4, 1, 8, 8, generator=g)
     labels = torch.arange(4)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     losses = []

@@ -158,7 +158,7 @@ class DiT(nn.Module):
         self._init_weights()
 
     @classmethod
-    def from_size(cls, size: str, **overrides: Any) -> "DiT":
+    def from_size(cls, size: str, **overrides: Any) -> DiT:
         """A DiT of a named size, e.g. ``DiT.from_size("DiT-T/2", in_channels=1, num_classes=10)``."""
         return cls(dit_config(size, **overrides))
 
