@@ -85,7 +85,6 @@ def optimize_sigmas(denoiser: Any, sampler: str, nfe: int, *, sigma_min: float, 
                     generator: GeneratorLike = None, init: str | Tensor = "scan",
                     process: Process | None = None, prior_std: float | None = None, cond: Any = None,
                     tune_sigma_min: bool = True, sampler_options: dict[str, Any] | None = None,
-                    objective: str = "l2",
                     ref_tol: float = 1e-7, min_step: float = 1e-3, dtype: torch.dtype = torch.float64,
                     device: Any = None, callback: Callable[[dict[str, Any]], None] | None = None) -> Tensor:
     """A grid of ``nfe`` denoiser evaluations for ``sampler`` minimising its expected squared endpoint
@@ -107,7 +106,6 @@ def optimize_sigmas(denoiser: Any, sampler: str, nfe: int, *, sigma_min: float, 
     Returns a decreasing float64 ``(steps + 1,)`` tensor ending in 0.
     """
     check_choice("sampler", sampler, OPTIMIZABLE)
-    check_choice("objective", objective, ("mse", "l2"))
     if not 0 < sigma_min < sigma_max or not math.isfinite(sigma_max):
         raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}")
     if not isinstance(n_samples, int) or n_samples < 1:
@@ -126,56 +124,33 @@ def optimize_sigmas(denoiser: Any, sampler: str, nfe: int, *, sigma_min: float, 
     y_T = randn((n_samples, *shape), generator, device=device, dtype=dtype) * std
     with torch.no_grad():
         ref = solve_pf_ode(denoiser, y_T, sigma_max, 0.0, cond=cond, rtol=ref_tol, atol=ref_tol)
-        sizes = sorted({max(min(n_samples, _X["floor"]), n_samples // f) for f in _X["fracs"]})
-        thresholds = _X["thresholds"]
 
-        def make_loss(m: int) -> Callable[[Tensor], float]:
-            y, r = y_T[:m], ref[:m]
-            def loss(u: Tensor) -> float:
-                grid = torch.cat([u.exp(), u.new_zeros(1)])
-                if not bool((grid[1:] < grid[:-1]).all()):  # two levels merged in exp's rounding
-                    return math.inf
-                try:
-                    out = run(denoiser, y, grid, cond=cond)
-                except FloatingPointError:  # a grid on which the sampler blows up is just a bad grid
-                    return math.inf
-                _X["calls"] += 1
-                _X["work"] += m
-                sq = ((out - r) ** 2).reshape(m, -1).sum(1)
-                err = sq.mean() if objective == "mse" else sq.sqrt().mean()
-                return float(err) if torch.isfinite(err) else math.inf
-            return loss
+        def loss(u: Tensor) -> float:
+            grid = torch.cat([u.exp(), u.new_zeros(1)])
+            if not bool((grid[1:] < grid[:-1]).all()):  # two levels merged in exp's rounding
+                return math.inf
+            try:
+                out = run(denoiser, y_T, grid, cond=cond)
+            except FloatingPointError:  # a grid on which the sampler blows up is just a bad grid
+                return math.inf
+            err = ((out - ref) ** 2).reshape(n_samples, -1).sum(1).mean()
+            return float(err) if torch.isfinite(err) else math.inf
 
-        loss = make_loss(sizes[0])
         scored = [(loss(g[:-1].log()), g[:-1].log()) for g in starts]
         best, u = min(scored, key=lambda pair: pair[0])  # u: (steps,) log-sigmas; u[0] stays fixed
-        step = None
-        for k, m in enumerate(sizes):
-            loss = make_loss(m)
-            stop = thresholds[k] if k < len(sizes) - 1 else min_step
-            if k > 0:
-                best = loss(u)
-                step = step * _X["regrow"]
-            u, step = _pattern_search(loss, u, best, movable, math.log(sigma_min), iters, stop, callback, step)
+        u = _pattern_search(loss, u, best, movable, math.log(sigma_min), iters, min_step, callback)
     return torch.cat([u.exp(), u.new_zeros(1)])
 
 
-_X = {"fracs": (1,), "floor": 256, "thresholds": (), "regrow": 1.0, "calls": 0, "work": 0}
-
-
 def _pattern_search(loss: Callable[[Tensor], float], u: Tensor, best: float, movable: list[int], floor: float,
-                    iters: int, min_step: float, callback: Callable[[dict[str, Any]], None] | None,
-                    step: float | None = None) -> tuple[Tensor, float]:
+                    iters: int, min_step: float, callback: Callable[[dict[str, Any]], None] | None) -> Tensor:
     """Hooke & Jeeves (1961) pattern search over the decreasing log-sigmas ``u`` at ``movable`` indices:
     a sweep tries each point up and down by ``step`` (never past a neighbour, nor below ``floor``);
     after an improving sweep the whole move is tried once more (the pattern move, which follows the
     curved valleys these losses have); after a sweep without improvement the step halves."""
     n = u.numel()
-    if step is None:
-        step = 0.5 * float(u[0] - u[-1]) / (n - 1)  # half the mean gap
+    step = 0.5 * float(u[0] - u[-1]) / (n - 1)  # half the mean gap
     for it in range(iters):
-        if step < min_step:
-            break
         start = u
         for i in movable:
             for direction in (1.0, -1.0):
@@ -201,7 +176,9 @@ def _pattern_search(loss: Callable[[Tensor], float], u: Tensor, best: float, mov
                     u, best = trial, value
         if callback is not None:
             callback({"iter": it, "sigmas": torch.cat([u.exp(), u.new_zeros(1)]), "loss": best, "step": step})
-    return u, step
+        if step < min_step:
+            break
+    return u
 
 
 def save_sigmas(path: str | Path, sigmas: Tensor | Sequence[float], meta: dict[str, Any] | None = None) -> None:
