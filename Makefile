@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 RUN   ?= runs/moons
 DEMO  ?= runs/demo
 
-.PHONY: demo demo2d test bench install clean
+.PHONY: demo demo2d test bench install clean fonts
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e ".[test,bench]"
+	$(PIP) install -q -e ".[test,bench,text,emoji]"
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -37,8 +37,14 @@ demo2d: $(STAMP)
 		--gif $(RUN)/trajectory.gif
 	@echo "2-D demo outputs: $(RUN)/samples.png, $(RUN)/trajectory.gif, $(RUN)/samples.json, $(RUN)/loss.csv"
 
-test: $(STAMP)
+test: $(STAMP) fonts
 	$(BIN)/python -m pytest
+
+# The emoji dataset's font (Debian's fonts-noto-color-emoji); needs root, else its tests skip with a hint.
+fonts:
+	@dpkg -s fonts-noto-color-emoji >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+		(apt-get install -y -q fonts-noto-color-emoji || (apt-get update -q && apt-get install -y -q fonts-noto-color-emoji)) \
+		|| echo "note: fonts-noto-color-emoji not installed (sudo apt-get install fonts-noto-color-emoji): emoji tests skip"; }
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/samplers.py

@@ -55,7 +55,7 @@ BASE = {"data": {"name": "cfg_data"}, "model": {"name": "cfg_net"}}
 def test_defaults_round_trip_through_yaml(tmp_path):
     cfg = config_from_dict({**BASE, "model": {"name": "cfg_net", "channels": 12, "channel_mult": [1, 2, 4],
                                               "num_classes": 10},
-                            "train": {"conditioning": "class", "mixed_precision": "bf16"},
+                            "condition": {"kind": "class"}, "train": {"mixed_precision": "bf16"},
                             "loss": {"noise_levels": "lognormal", "weighting": "edm"}})
     assert cfg.model.options == {"channels": 12, "channel_mult": (1, 2, 4), "num_classes": 10}
     assert cfg.loss == DiffusionLoss("lognormal", "edm") and cfg.num_classes == 10
@@ -70,14 +70,14 @@ def test_overrides_are_typed_by_the_declared_field():
     d = apply_overrides(BASE, [
         "model.channels=16", "model.channel_mult=[1,1,2]", "model.blocks=[1,2]", "model.num_classes=none",
         "model.act=123", "optim.lr=1e-3", "optim.betas=[0.9, 0.99]", "train.mixed_precision=bf16",
-        "train.label_dropout=0", "data.n=5", "data.scale=2", "data.anything=[1, x]", "process.name=edm",
+        "condition.dropout=0", "data.n=5", "data.scale=2", "data.anything=[1, x]", "process.name=edm",
         "process.sigma_max=40", "loss.gamma=1", "sample.cfg_scale=1",
     ])
     cfg = config_from_dict(d)
     assert cfg.model.options == {"channels": 16, "channel_mult": (1, 1, 2), "blocks": (1, 2), "num_classes": None,
                                  "act": "123"}
     assert cfg.optim.lr == 1e-3 and cfg.optim.betas == (0.9, 0.99)
-    assert cfg.train.mixed_precision == "bf16" and cfg.train.label_dropout == 0.0
+    assert cfg.train.mixed_precision == "bf16" and cfg.condition.dropout == 0.0
     assert cfg.data.options == {"n": 5, "scale": 2.0, "anything": [1, "x"]}  # **extra: kept as YAML gave it
     assert cfg.process.options == {"sigma_max": 40.0} and cfg.loss.gamma == 1.0
     assert build_dataset(cfg) == [{"image": 10.0, "anything": [1, "x"]}]
@@ -88,8 +88,8 @@ def test_overrides_are_typed_by_the_declared_field():
 @pytest.mark.parametrize("override, message", [
     ("model.chanels=16", "unknown key 'model.chanels'; valid keys at 'model': act, blocks, channel_mult, "
                          "channels, name, num_classes"),
-    ("modle.channels=16", "unknown key 'modle'; valid keys at '<top level>': data, ema, loss, model, optim"),
-    ("train.stesp=3", "valid keys at 'train': batch_size, conditioning, device, grad_accum"),
+    ("modle.channels=16", "unknown key 'modle'; valid keys at '<top level>': condition, data, ema, loss, model, optim"),
+    ("train.stesp=3", "valid keys at 'train': batch_size, device, grad_accum"),
     ("loss.weight=snr", "valid keys at 'loss': gamma, noise_levels, p_mean, p_std, weighting"),
     ("process.sigma_max=40", "unknown key 'process.sigma_max'; valid keys at 'process': beta_end"),
     ("model.channels=abc", "model.channels: expected an integer, got 'abc'"),
@@ -105,8 +105,12 @@ def test_overrides_are_typed_by_the_declared_field():
     ("optim.betas=[0.9]", "optim.betas: expected 2 values"),
     ("optim.lr=-1", "optim.lr must be > 0"),
     ("train.batch_size=10", r"train.batch_size \(10\) must be a multiple of train.grad_accum \(4\)"),
-    ("train.conditioning=class", "train.conditioning is 'class' but model.num_classes is not set"),
-    ("sample.cfg_scale=3", "sample.cfg_scale=3.0 needs train.conditioning: class"),
+    ("condition.kind=class", "condition.kind is 'class' but model.num_classes is not set"),
+    ("condition.kind=sound", "condition.kind: unknown condition kind 'sound'; allowed: class, image, none, text"),
+    ("condition.dropout=1", r"condition.dropout must be in \[0, 1\)"),
+    ("condition.kind=text", "model.context_dim must be 384 \\(the encoder's width\\), got None"),
+    ("sample.prompts=[a cat]", "sample.prompts needs condition.kind: text"),
+    ("sample.cfg_scale=3", "sample.cfg_scale=3.0 needs condition.kind class or text"),
     ("model.channels", "expected KEY=VALUE"),
     ("model.channel_mult.0=2", "expected SECTION.KEY"),
 ])
@@ -194,3 +198,11 @@ def test_presets_are_valid(path):
 def test_expected_presets_exist():
     assert {"digits-unet.yaml", "digits-dit.yaml", "shapes-unet.yaml", "folder-template.yaml"} <= {
         p.name for p in CONFIGS.glob("*.yaml")}
+
+
+def test_configs_from_before_the_condition_section_still_load():
+    old = {**BASE, "model": {"name": "cfg_net", "num_classes": 10},
+           "train": {"conditioning": "class", "label_dropout": 0.2, "steps": 7}}
+    with pytest.warns(DeprecationWarning, match="now condition.kind / condition.dropout"):
+        cfg = config_from_dict(old)
+    assert cfg.condition.kind == "class" and cfg.condition.dropout == 0.2 and cfg.train.steps == 7

@@ -34,8 +34,8 @@ def test_makefile_demo_uses_this_config():
 
 def test_demo_config_is_class_conditional_with_guidance():
     c = load_config(CONFIG)
-    assert c.train.conditioning == "class" and c.num_classes == 10
-    assert 0 < c.train.label_dropout < 1 and c.sample.cfg_scale > 1  # classifier-free guidance
+    assert c.condition.kind == "class" and c.num_classes == 10
+    assert 0 < c.condition.dropout < 1 and c.sample.cfg_scale > 1  # classifier-free guidance
     assert c.data.name == "digits"
     assert steps_for_nfe(c.sample.sampler, c.sample.nfe) >= 1  # the grid's sampler can run at the preset's NFE
 

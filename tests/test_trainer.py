@@ -112,7 +112,8 @@ BASE = {
     "model": {"name": "test_tiny", "num_classes": 3},
     "optim": {"lr": 1e-2, "warmup_steps": 2, "schedule": "cosine", "min_lr_ratio": 0.1},
     "ema": {"kind": "power", "sigma_rel": 0.1},
-    "train": {"steps": 8, "batch_size": 8, "grad_accum": 2, "conditioning": "class", "label_dropout": 0.3,
+    "condition": {"kind": "class", "dropout": 0.3},
+    "train": {"steps": 8, "batch_size": 8, "grad_accum": 2,
               "log_every": 2, "save_every": 4, "keep_last": 2},
     "sample": {"n": 0},
 }
@@ -411,7 +412,7 @@ def test_real_backbone_and_dataset_if_registered(tmp_path):
         "data": {"name": "digits", "size": 8},
         "model": {"name": "unet", "in_channels": 1, "channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1,
                   "attention_levels": [], "head_channels": 16, "norm_groups": 8, "num_classes": 10},
-        "train": {"steps": 2, "batch_size": 4, "conditioning": "class", "save_every": 0},
+        "condition": {"kind": "class"}, "train": {"steps": 2, "batch_size": 4, "save_every": 0},
         "sample": {"n": 10, "nfe": 2, "sampler": "euler"}})
     run = train_from_config(cfg, tmp_path / "run", progress=False)
     den, _ = load_run(run)

@@ -8,11 +8,13 @@ A config file (see ``configs/*.yaml``) has one mapping per section::
     loss:    {weighting: min_snr}                      # denoisekit.losses.DiffusionLoss
     optim:   {lr: 2.0e-4, warmup_steps: 200}           # OptimConfig
     ema:     {kind: power, sigma_rel: 0.05}            # EMAConfig
+    condition: {kind: class, dropout: 0.1}             # ConditionConfig; other keys go to the condition
     train:   {steps: 5000, batch_size: 128}            # TrainConfig
     sample:  {sampler: dpmpp_2m, nfe: 20}              # SampleConfig
 
-Sections ``data``, ``model`` and ``process`` name an entry of a registry (``denoisekit.data.IMAGE_DATASETS``,
-``denoisekit.models.MODELS``, ``denoisekit.process.PROCESSES``); their remaining keys are that entry's
+Sections ``data``, ``model``, ``process`` and ``condition`` name an entry of a registry
+(``denoisekit.data.IMAGE_DATASETS``, ``denoisekit.models.MODELS``, ``denoisekit.process.PROCESSES``,
+``denoisekit.train.conditioning.CONDITIONS``, the last by ``kind``); their remaining keys are that entry's
 own options, checked and typed by the entry's config dataclass (``config_class`` or ``Config``) or,
 failing that, by its signature. Command-line overrides ``--set model.channels=64`` are converted to
 the declared type of the key. Every error names the key; an unknown key lists the valid ones at its
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +55,9 @@ def _registry(section: str) -> tuple[str, Mapping[str, Any]]:
     if section == "model":
         from .models import MODELS
         return "model", MODELS
+    if section == "condition":
+        from .train.conditioning import CONDITIONS
+        return "condition kind", CONDITIONS
     return "process", PROCESSES
 
 
@@ -60,7 +66,11 @@ def _entry(section: str, name: str) -> Any:
     try:
         return lookup(kind, registry, name)
     except ValueError as e:
-        raise ValueError(f"{section}.name: {e}") from None
+        raise ValueError(f"{section}.{_NAME_FIELD.get(section, 'name')}: {e}") from None
+
+
+#: The field that names a section's registry entry, where it is not ``name``.
+_NAME_FIELD = {"condition": "kind"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,12 +85,13 @@ class _Section:
     def __post_init__(self) -> None:
         hints = _hints(type(self))
         fixed = [f.name for f in dataclasses.fields(self) if f.name != "options"]  # type: ignore[arg-type]
+        name_field = _NAME_FIELD.get(self._key, "name")
         for name in fixed:
             object.__setattr__(self, name, coerce(getattr(self, name), hints.get(name, Any), f"{self._key}.{name}"))
         if hasattr(self, "options"):
             if not isinstance(self.options, Mapping):
                 raise ValueError(f"{self._key}: options must be a mapping, got {self.options!r}")
-            entry = _entry(self._key, self.name)  # type: ignore[attr-defined]
+            entry = _entry(self._key, getattr(self, name_field))
             schema, is_open, cls = option_schema(entry)
             opts: dict[str, Any] = {}
             for k, v in self.options.items():
@@ -94,7 +105,7 @@ class _Section:
                 try:
                     cls(**opts)
                 except (TypeError, ValueError) as e:
-                    raise ValueError(f"{self._key} ({self.name}): {e}") from None  # type: ignore[attr-defined]
+                    raise ValueError(f"{self._key} ({getattr(self, name_field)}): {e}") from None
             object.__setattr__(self, "options", opts)
         self._check()
 
@@ -192,11 +203,25 @@ class EMAConfig(_Section):
 
 
 @dataclass(frozen=True)
+class ConditionConfig(_Section):
+    """What the model is conditioned on (``kind``: none, class, text or image; see
+    :mod:`denoisekit.train.conditioning`) and its ``options``. Class labels and captions are replaced by
+    the null condition with probability ``dropout`` (classifier-free guidance, Ho & Salimans 2022)."""
+
+    _key: ClassVar[str] = "condition"
+    kind: str = "none"
+    dropout: float = 0.1
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def _check(self) -> None:
+        self._require(0 <= self.dropout < 1, "dropout", "in [0, 1)")
+
+
+@dataclass(frozen=True)
 class TrainConfig(_Section):
     """The loop. ``batch_size`` is the global batch of one optimiser step, split over ``grad_accum``
     micro-batches and over processes, so a run's maths does not depend on how many processes run it.
-    ``conditioning: class`` trains on labels, replaced by the null label with probability
-    ``label_dropout`` (classifier-free guidance, Ho & Salimans 2022). ``save_every``/``log_every`` in
+    ``save_every``/``log_every`` in
     steps (``save_every: 0`` saves at the end only); the last ``keep_last`` checkpoints are kept.
     ``max_nan_steps`` consecutive non-finite losses stop the run. ``device: cpu`` forces the CPU."""
 
@@ -206,8 +231,6 @@ class TrainConfig(_Section):
     grad_accum: int = 1
     mixed_precision: Literal["no", "bf16"] = "no"
     seed: int = 0
-    conditioning: Literal["none", "class"] = "none"
-    label_dropout: float = 0.1
     log_every: int = 50
     save_every: int = 1000
     keep_last: int = 3
@@ -218,7 +241,6 @@ class TrainConfig(_Section):
         for name in ("steps", "batch_size", "grad_accum", "log_every", "keep_last", "max_nan_steps"):
             self._require(getattr(self, name) >= 1, name, ">= 1")
         self._require(self.save_every >= 0, "save_every", ">= 0 (0: only at the end)")
-        self._require(0 <= self.label_dropout < 1, "label_dropout", "in [0, 1)")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"train.batch_size ({self.batch_size}) must be a multiple of train.grad_accum "
                              f"({self.grad_accum})")
@@ -227,7 +249,8 @@ class TrainConfig(_Section):
 @dataclass(frozen=True)
 class SampleConfig(_Section):
     """Sample grids during training and the defaults of ``denoisekit sample``: ``n`` images
-    (class-conditional: one row per class) every ``every`` steps (0: at the end only; ``n: 0``: never)."""
+    (class-conditional: one row per class; text: one row per prompt of ``prompts``, by default the
+    first dataset captions) every ``every`` steps (0: at the end only; ``n: 0``: never)."""
 
     _key: ClassVar[str] = "sample"
     sampler: str = "dpmpp_2m"
@@ -237,6 +260,7 @@ class SampleConfig(_Section):
     n: int = 64
     every: int = 0
     seed: int = 0
+    prompts: tuple[str, ...] = ()
 
     def _check(self) -> None:
         for name, allowed in (("sampler", SAMPLERS), ("schedule", SCHEDULES)):
@@ -252,7 +276,7 @@ class SampleConfig(_Section):
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "process": ProcessConfig,
                              "loss": DiffusionLoss, "optim": OptimConfig, "ema": EMAConfig,
-                             "train": TrainConfig, "sample": SampleConfig}
+                             "condition": ConditionConfig, "train": TrainConfig, "sample": SampleConfig}
 
 
 @dataclass(frozen=True)
@@ -265,6 +289,7 @@ class Config:
     loss: DiffusionLoss = field(default_factory=DiffusionLoss)
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
+    condition: ConditionConfig = field(default_factory=ConditionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
@@ -272,12 +297,27 @@ class Config:
         for name, cls in SECTIONS.items():
             if not isinstance(getattr(self, name), cls):
                 raise ValueError(f"{name}: expected a {cls.__name__}, got {type(getattr(self, name)).__name__}")
-        n = self.num_classes
-        if self.train.conditioning == "class" and n is None:
-            raise ValueError("train.conditioning is 'class' but model.num_classes is not set (labels 0..N-1; "
+        kind, m = self.condition.kind, self.model.options
+        if kind == "class" and self.num_classes is None:
+            raise ValueError("condition.kind is 'class' but model.num_classes is not set (labels 0..N-1; "
                              "N is the null label of classifier-free guidance)")
-        if self.sample.cfg_scale != 1 and self.train.conditioning != "class":
-            raise ValueError(f"sample.cfg_scale={self.sample.cfg_scale} needs train.conditioning: class")
+        if kind == "text":
+            want = self.condition_options().context_dim
+            if m.get("context_dim") != want:
+                raise ValueError(f"condition.kind is 'text' with encoder {self.condition_options().encoder!r}: "
+                                 f"model.context_dim must be {want} (the encoder's width), got {m.get('context_dim')}")
+        elif m.get("context_dim") is not None:
+            raise ValueError(f"model.context_dim={m['context_dim']} (cross-attention) needs condition.kind: text")
+        if self.sample.cfg_scale != 1 and kind not in ("class", "text"):
+            raise ValueError(f"sample.cfg_scale={self.sample.cfg_scale} needs condition.kind class or text")
+        if self.sample.prompts and kind != "text":
+            raise ValueError("sample.prompts needs condition.kind: text")
+
+    def condition_options(self) -> Any:
+        """The condition's own options as its config dataclass."""
+        from .train.conditioning import CONDITIONS
+
+        return CONDITIONS[self.condition.kind].Config(**self.condition.options)
 
     @property
     def num_classes(self) -> int | None:
@@ -334,10 +374,25 @@ def _section_from_dict(name: str, cls: type, body: Mapping[str, Any]) -> Any:
         raise ValueError(msg if msg.startswith(name) else f"{name}: {msg}") from None
 
 
+def _migrate(d: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Configs written before the ``condition`` section had ``train.conditioning`` and ``train.label_dropout``."""
+    train = d.get("train")
+    if not isinstance(train, Mapping) or not {"conditioning", "label_dropout"} & set(train) or "condition" in d:
+        return d
+    warnings.warn("train.conditioning / train.label_dropout are now condition.kind / condition.dropout; "
+                  "read the old keys as those", DeprecationWarning, stacklevel=3)
+    train = dict(train)
+    condition = {"kind": train.pop("conditioning", "none")}
+    if "label_dropout" in train:
+        condition["dropout"] = train.pop("label_dropout")
+    return {**d, "train": train, "condition": condition}
+
+
 def config_from_dict(d: Mapping[str, Any]) -> Config:
     """Build and validate a :class:`Config` from the YAML layout; missing sections take defaults."""
     if not isinstance(d, Mapping):
         raise ValueError(f"expected a mapping of sections ({', '.join(SECTIONS)}), got {type(d).__name__}")
+    d = _migrate(d)
     for key in d:
         if key not in SECTIONS:
             raise _unknown_key(str(key), "<top level>", list(SECTIONS))
@@ -354,7 +409,8 @@ def key_type(d: Mapping[str, Any], section: str, key: str) -> Any:
         return _hints(cls).get(key, Any)
     if any(f.name == "options" for f in dataclasses.fields(cls)):
         body = d.get(section) or {}
-        name = body.get("name", next(f.default for f in dataclasses.fields(cls) if f.name == "name"))
+        name_field = _NAME_FIELD.get(section, "name")
+        name = body.get(name_field, next(f.default for f in dataclasses.fields(cls) if f.name == name_field))
         schema, is_open, _ = option_schema(_entry(section, name))
         if key in schema:
             return schema[key]
@@ -433,7 +489,13 @@ def build_model(config: Config) -> nn.Module:
     """A freshly initialised network, seeded by ``train.seed`` (the global RNG is left untouched)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed)
-        return build_entry(_entry("model", config.model.name), config.model.options)
+        net = build_entry(_entry("model", config.model.name), config.model.options)
+        if config.condition.kind == "text":  # the network encodes its prompts (a learned encoder trains with it)
+            from .models.text import TextConditioned
+
+            opts = config.condition_options()
+            net = TextConditioned(net, opts.encoder, **opts.encoder_options())
+        return net
 
 
 def build_process(config: Config) -> Process:

@@ -94,17 +94,49 @@ class GaussianMixture:
         _, _, logp = self._parts(flat, as_batch(sigma, flat))
         return torch.logsumexp(logp, dim=1)
 
+    def _component_means(self, z: Tensor, var: Tensor) -> Tensor:
+        """``E[x0 | y, k]`` for every component: ``(B, K, D)``."""
+        shrunk = z * (self._lam[None] / var)  # posterior mean offset in each eigenbasis
+        return self.means[None] + torch.einsum("bke,kde->bkd", shrunk, self._U)
+
     def denoise(self, y: Tensor, sigma: Tensor | float, cond: Any = None) -> Tensor:
         """The optimal denoiser ``E[x0 | y]`` at VE noise ``sigma`` (scalar or ``(B,)``)."""
         flat = self._flat(y)
         z, var, logp = self._parts(flat, as_batch(sigma, flat))
         resp = torch.softmax(logp, dim=1)  # (B, K)
-        shrunk = z * (self._lam[None] / var)  # posterior mean offset in each eigenbasis
-        comp_mean = self.means[None] + torch.einsum("bke,kde->bkd", shrunk, self._U)
-        out = (resp[..., None] * comp_mean).sum(1)
+        out = (resp[..., None] * self._component_means(z, var)).sum(1)
         return out.reshape(y.shape).to(y.dtype)
 
     __call__ = denoise
+
+    # The components as classes: an exact class-conditional denoiser and an exact noisy classifier.
+
+    def class_logits(self, y: Tensor, sigma: Tensor | float) -> Tensor:
+        """``log p(k | y)`` at VE noise ``sigma``: ``(B, K)`` float64, normalised logits of the exact noisy
+        classifier whose classes are the components (differentiable in ``y``)."""
+        flat = self._flat(y)
+        return torch.log_softmax(self._parts(flat, as_batch(sigma, flat))[2], dim=1)
+
+    def denoise_class(self, y: Tensor, sigma: Tensor | float, labels: Any = None) -> Tensor:
+        """``E[x0 | y, k]`` for component ``k = labels[i]`` of each sample; label ``K`` (= ``components``,
+        the null label) or ``None`` gives the whole mixture's ``E[x0 | y]``."""
+        flat = self._flat(y)
+        z, var, logp = self._parts(flat, as_batch(sigma, flat))
+        resp = torch.softmax(logp, dim=1)
+        if labels is not None:
+            labels = torch.as_tensor(labels, device=flat.device).long().expand(flat.shape[0])
+            if bool(((labels < 0) | (labels > self.components)).any()):
+                raise ValueError(f"labels must be in 0..{self.components} ({self.components}: the null label)")
+            one_hot = torch.nn.functional.one_hot(labels.clamp(max=self.components - 1), self.components)
+            resp = torch.where((labels < self.components)[:, None], one_hot.to(resp), resp)
+        out = (resp[..., None] * self._component_means(z, var)).sum(1)
+        return out.reshape(y.shape).to(y.dtype)
+
+    def component(self, k: int) -> GaussianMixture:
+        """The mixture of component ``k`` alone: ``N(mu_k, S_k)``."""
+        if not 0 <= k < self.components:
+            raise ValueError(f"component index must be in 0..{self.components - 1}, got {k}")
+        return GaussianMixture(self.means[k:k + 1], self.covs[k:k + 1])
 
     def score(self, y: Tensor, sigma: Tensor | float) -> Tensor:
         """``grad_y log p_sigma(y) = (E[x0|y] - y) / sigma^2``."""

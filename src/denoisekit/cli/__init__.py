@@ -5,6 +5,7 @@
     denoisekit train configs/digits-unet.yaml --out runs/digits [--set train.steps=500] [--resume]
     denoisekit sample runs/digits --n 100 --sampler dpmpp_2m --nfe 20 --cfg 2 --label all --out grid.png
     denoisekit eval samples.npz --ref digits
+    denoisekit train-classifier configs/classifier/digits.yaml --out runs/digits-classifier
     denoisekit list
 
 Each subcommand is a triple ``(help, add_arguments(parser), run(args) -> int)`` in :data:`COMMANDS`.
@@ -25,7 +26,7 @@ from ..prediction import PREDICTIONS
 from ..process import PROCESSES
 from ..samplers import SAMPLERS
 from ..schedules import SCHEDULES
-from . import image, toy2d
+from . import image, tools, toy2d
 from .common import PROG, UsageError, _Parser
 
 
@@ -51,6 +52,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "sample2d": ("sample a 2-D run: scatter plot, optional GIF, metrics",
                  toy2d._add_sample2d, toy2d._run_sample2d),
     **image.COMMANDS,
+    **tools.COMMANDS,
     "list": ("list registered processes, predictions, samplers, schedules, datasets", _add_list, _run_list),
 }
 

@@ -45,15 +45,29 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run directory written by 'denoisekit train'")
-    p.add_argument("--out", required=True, help="a .png grid, or a .npz of uint8 images (N, H, W, C) and labels")
+    p.add_argument("--out", required=True, help="a .png grid, or a .npz of uint8 images (N, H, W, C), labels (and prompts)")
     p.add_argument("--n", type=positive_int, default=None, help="number of images (default: the config's)")
     p.add_argument("--sampler", default=None, help="sampler (default: the config's; see 'denoisekit list')")
     p.add_argument("--nfe", type=int, default=None, help="model evaluations (default: the config's)")
     p.add_argument("--schedule", default=None, help=f"step schedule: {', '.join(SCHEDULES)}")
     p.add_argument("--sampler-arg", action="append", metavar="KEY=VALUE", help="sampler option, e.g. eta=1")
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--cfg-rescale", type=float, default=0.0, metavar="PHI",
+                   help="guidance rescale phi in [0, 1] (Lin et al. 2023; 0 = plain guidance)")
+    p.add_argument("--cfg-interval", type=float, nargs=2, default=None, metavar=("SIGMA_LO", "SIGMA_HI"),
+                   help="guide only while sigma_lo < sigma <= sigma_hi (Kynkaanniemi et al. 2024)")
     p.add_argument("--label", default=None,
                    help="class label for every image, or 'all' (default for a class model): one row per class")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="text prompt (text models; repeatable: one row per prompt)")
+    p.add_argument("--prompts-file", default=None, help="text file with one prompt per line")
+    p.add_argument("--negative-prompt", default=None, help="prompt to steer away from (replaces the empty prompt)")
+    p.add_argument("--classifier", default=None,
+                   help="classifier guidance (Dhariwal & Nichol 2021): a directory from 'denoisekit train-classifier'")
+    p.add_argument("--classifier-scale", type=float, default=1.0, help="classifier guidance scale")
+    p.add_argument("--source", default=None,
+                   help="image-conditioned models: an .npz with clean 'images' (degraded by the model's task) or "
+                        "degraded 'source' (+ 'mask' for inpainting), uint8 (N, H, W, C); or one image file")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i, whatever the batch size")
     p.add_argument("--batch", type=positive_int, default=256, help="images per model call")
     p.add_argument("--weights", default="ema", choices=("ema", "model"))
@@ -78,6 +92,127 @@ def _labels(arg: str | None, n: int, num_classes: int | None) -> tuple[torch.Ten
     return torch.full((n,), label), max(1, math.ceil(math.sqrt(n)))
 
 
+def _load_classifier(args: argparse.Namespace, config: Any) -> Any:
+    """The classifier of ``--classifier`` (guidance toward each image's label), checked against the model."""
+    from ..train.classifier import load_classifier
+
+    if config.condition.kind not in ("none", "class"):
+        raise UsageError(f"--classifier guides toward class labels; this model is conditioned on "
+                         f"{config.condition.kind}")
+    clf = load_classifier(args.classifier)
+    # Any process will do: the classifier sees the VE-frame input mapped to its own process's x_t and time.
+    classes = clf.info["config"].model.num_classes
+    if config.num_classes is not None and classes != config.num_classes:
+        raise UsageError(f"--classifier {args.classifier} has {classes} classes; the model has {config.num_classes}")
+    return clf
+
+
+def _prompts(args: argparse.Namespace, kind: str, default: list[str]) -> list[str] | None:
+    """The prompts of a text model (``--prompt``, ``--prompts-file``, else the config's ``sample.prompts``)."""
+    given = list(args.prompt or [])
+    if args.prompts_file is not None:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise UsageError(f"--prompts-file {str(path)!r} does not exist")
+        given += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if kind != "text":
+        if given:
+            raise UsageError(f"--prompt given, but this model is not text-conditional (condition.kind: {kind})")
+        return None
+    if args.label is not None:
+        raise UsageError("--label given, but this model is text-conditional (use --prompt)")
+    prompts = given or default
+    if not prompts:
+        raise UsageError("this model is text-conditional: give --prompt TEXT (or --prompts-file)")
+    return prompts
+
+
+def _read_source(path: Path, conditioner: Any, n: int, gens: list[torch.Generator]) -> tuple[Any, Any]:
+    """``(source, truth)`` from ``--source``: degraded inputs as given, or clean images degraded here."""
+    from ..data.folder import load_image
+    from ..data.transforms import uint8_to_tensor
+
+    if not path.is_file():
+        raise UsageError(f"--source {str(path)!r} does not exist")
+    if path.suffix.lower() != ".npz":
+        c, h, w = conditioner.image_shape
+        try:
+            clean = load_image(str(path), None, 1 if c == 1 else 3)[None]
+        except OSError as e:
+            raise UsageError(f"--source {str(path)!r}: not a readable image ({e})") from None
+        if tuple(clean.shape[2:]) != (h, w):
+            raise UsageError(f"--source {str(path)!r} is {clean.shape[3]}x{clean.shape[2]}; this model restores "
+                             f"{w}x{h} images (give a clean image of that size, or an .npz 'source')")
+        return conditioner.degrade(clean, gens[:1]), clean
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+
+    def tensor(key: str) -> torch.Tensor:
+        a = arrays[key][:n]
+        if a.dtype != np.uint8 or a.ndim not in (3, 4):
+            raise UsageError(f"--source {path.name}: {key!r} must be uint8 (N, H, W[, C]), got {a.dtype} {a.shape}")
+        return torch.stack([uint8_to_tensor(im) for im in a])
+
+    if "source" in arrays:
+        src = tensor("source")
+        if conditioner.task != "inpaint":
+            return src, None
+        if "mask" not in arrays:
+            raise UsageError(f"--source {path.name}: inpainting needs a 'mask' array (N, H, W), 1 = missing")
+        mask = torch.as_tensor(np.asarray(arrays["mask"][:n], dtype=np.float32)).reshape(len(src), 1, *src.shape[2:])
+        return (src, mask), None
+    if "images" not in arrays:
+        raise UsageError(f"--source {path.name}: expected an 'images' or a 'source' array, found "
+                         f"{', '.join(sorted(arrays)) or 'none'}")
+    clean = tensor("images")
+    return conditioner.degrade(clean, gens[:len(clean)]), clean
+
+
+def _restore(args: argparse.Namespace, out: Path, denoiser: Any, config: Any, image_shape: tuple[int, ...],
+             sampler: str, nfe: int, schedule: str, options: dict[str, Any], n: int) -> int:
+    """``sample --source``: image-to-image sampling (Palette) of an image-conditioned run."""
+    from ..pipelines.palette import restore
+    from ..train.image_condition import ImageConditioner
+    from ..train.runlog import save_image_grid
+
+    if config.condition.kind != "image":
+        raise UsageError(f"--source given, but this model is not image-conditioned (condition.kind: "
+                         f"{config.condition.kind})")
+    if args.source is None:
+        raise UsageError("this model is image-conditioned: give --source (an .npz of images or one image file)")
+    for flag, value in (("--prompt", args.prompt), ("--label", args.label), ("--cfg", args.cfg)):
+        if value is not None:
+            raise UsageError(f"{flag} does not apply to an image-conditioned model")
+    conditioner = ImageConditioner(config.condition_options(), image_shape)
+    gens = seeded_generators(args.seed, n)
+    try:
+        source, truth = _read_source(Path(args.source), conditioner, n, gens)
+        count = len(source[0] if isinstance(source, tuple) else source)
+        start = time.perf_counter()
+        with threads(args.threads or torch.get_num_threads()), torch.no_grad():
+            x = restore(denoiser, conditioner, source, sampler=sampler, nfe=nfe, schedule=schedule,
+                        generator=gens[:count], **options)
+    except ValueError as e:
+        raise UsageError(f"--source {args.source}: {e}") from None
+    seconds = time.perf_counter() - start
+    shown = conditioner.from_source(source, aug=0.0 if conditioner.task == "super_resolution" else None)["concat"]
+    shown = shown[:, :image_shape[0]].expand(-1, image_shape[0], -1, -1)  # what the model saw, at full size
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".png":
+        rows = [shown, x] + ([truth] if truth is not None else [])
+        save_image_grid(torch.cat(rows), out, len(x))
+    else:
+        from ..data.transforms import tensor_to_uint8
+
+        extra = {"truth": tensor_to_uint8(truth)} if truth is not None else {}
+        np.savez_compressed(out, images=tensor_to_uint8(x), source=tensor_to_uint8(shown),
+                            consistency=conditioner.consistency(x, source).numpy(), **extra)
+    err = conditioner.consistency(x, source).mean().item()
+    print(f"{len(x)} {conditioner.task} results from {args.run} ({sampler}, {nfe} NFE) in {seconds:.1f} s; "
+          f"mean consistency error with the input {err:.4f}; wrote {out}")
+    return 0
+
+
 def _run_sample(args: argparse.Namespace) -> int:
     from ..guidance import ClassifierFreeGuidance
     from ..sampling import sample, steps_for_nfe
@@ -99,22 +234,49 @@ def _run_sample(args: argparse.Namespace) -> int:
     options = key_values(args.sampler_arg, "--sampler-arg")
     steps_for_nfe(sampler, nfe, **options)  # checks NFE before any work
     n = args.n or sc.n
-    labels, per_row = _labels(args.label, n, config.num_classes)
-    n = len(labels) if labels is not None else n
-    scale = sc.cfg_scale if args.cfg is None else args.cfg
-    if labels is not None and scale != 1:
-        den: Any = ClassifierFreeGuidance(denoiser, scale, null_label=config.num_classes)
+    kind = config.condition.kind
+    if kind == "image" or args.source is not None:
+        return _restore(args, out, denoiser, config, info["image_shape"], sampler, nfe, schedule, options, n)
+    clf = _load_classifier(args, config) if args.classifier is not None else None
+    prompts = _prompts(args, kind, list(sc.prompts))
+    if prompts is not None:
+        per_row = max(1, n // len(prompts))
+        conds: Any = [p for p in prompts for _ in range(per_row)]
+        n = len(conds)
     else:
-        den = denoiser
-        if args.cfg is not None and args.cfg != 1 and labels is None:
-            raise UsageError("--cfg needs a class-conditional model")
+        classes = config.num_classes if clf is None else clf.info["config"].model.num_classes
+        conds, per_row = _labels(args.label, n, classes)
+        n = len(conds) if conds is not None else n
+    labels = conds if isinstance(conds, torch.Tensor) else None
+    scale = sc.cfg_scale if args.cfg is None else args.cfg
+    guided = args.cfg_rescale != 0 or args.cfg_interval is not None or args.negative_prompt is not None
+    if args.classifier is None and args.classifier_scale != 1.0:
+        raise UsageError("--classifier-scale needs --classifier")
+    if kind not in ("class", "text") and (args.cfg not in (None, 1) or guided):
+        raise UsageError("--cfg, --cfg-rescale, --cfg-interval and --negative-prompt need a class- or "
+                         "text-conditional model")
+    if args.negative_prompt is not None and prompts is None:
+        raise UsageError("--negative-prompt needs a text-conditional model")
+    den: Any = denoiser
+    if kind in ("class", "text") and scale != 1:
+        try:
+            den = ClassifierFreeGuidance(denoiser, scale, null_label=config.num_classes, rescale=args.cfg_rescale,
+                                         interval=tuple(args.cfg_interval) if args.cfg_interval else None,
+                                         negative=None if args.negative_prompt is None else
+                                         {"text": [args.negative_prompt]})
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    if clf is not None:
+        from ..guidance import ClassifierGuidance
+
+        den = ClassifierGuidance(den, clf, args.classifier_scale, conditional=kind == "class")
     gens = seeded_generators(args.seed, n)
     chunks = []
     start = time.perf_counter()
     with threads(args.threads or torch.get_num_threads()), torch.no_grad():
         for i in range(0, n, args.batch):
             j = min(n, i + args.batch)
-            cond = labels[i:j] if labels is not None else None
+            cond = None if conds is None else conds[i:j] if labels is not None else {"text": conds[i:j]}
             chunks.append(sample(den, (j - i, *info["image_shape"]), sampler=sampler, nfe=nfe, schedule=schedule,
                                  cond=cond, generator=gens[i:j], **options))
     x = torch.cat(chunks)
@@ -127,7 +289,8 @@ def _run_sample(args: argparse.Namespace) -> int:
     else:
         images = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         lab = labels.numpy() if labels is not None else np.full(n, -1)
-        np.savez_compressed(out, images=images, labels=lab.astype(np.int64))
+        extra = {"prompts": np.array(conds, dtype=str)} if prompts is not None else {}
+        np.savez_compressed(out, images=images, labels=lab.astype(np.int64), **extra)
     print(f"{n} images from {args.run} ({sampler}, {nfe} NFE, {schedule}, cfg {scale:g}) in {seconds:.1f} s "
           f"({n / seconds:.1f} images/s); wrote {out}")
     return 0

@@ -10,4 +10,9 @@ from .unet import UNet, UNetConfig
 
 MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "unet": UNet, "dit": DiT}
 
-__all__ = ["DiT", "DiTConfig", "MLP", "MLPConfig", "MODELS", "UNet", "UNetConfig"]
+# Not denoiser networks (so not in MODELS): the generative-model baselines of benchmarks/zoo.py.
+from .gan import DCGAN, DCGANConfig  # noqa: E402
+from .vae import VAE, VAEConfig  # noqa: E402
+
+__all__ = ["DCGAN", "DCGANConfig", "DiT", "DiTConfig", "MLP", "MLPConfig", "MODELS", "UNet", "UNetConfig", "VAE",
+           "VAEConfig"]

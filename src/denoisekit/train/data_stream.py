@@ -71,14 +71,3 @@ class EpochIndexed(Dataset):
             self.dataset.set_epoch(epoch)
             self.epoch = epoch
         return self.dataset[index]
-
-
-def collate_images(items: Sequence[Mapping[str, Any]], labels: bool = False) -> dict[str, Tensor]:
-    """Batch only what training uses (``image``, and ``label`` when class-conditional): other item
-    fields (masks, captions, ...) are neither collated nor required to have equal shapes."""
-    out = {"image": torch.stack([torch.as_tensor(it["image"]) for it in items])}
-    if labels:
-        if any(it.get("label") is None for it in items):
-            raise ValueError("train.conditioning is 'class' but a dataset item has no 'label'")
-        out["label"] = torch.tensor([int(it["label"]) for it in items], dtype=torch.long)
-    return out

@@ -48,7 +48,8 @@ from ..prediction import Denoiser
 from ..sampling import sample
 from .checkpoint import (STATE_FILE, capture_rng, clean_stale, latest_checkpoint, load_checkpoint, load_json, load_weights,
                          load_tensors, restore_rng, save_checkpoint)
-from .data_stream import _LOADER, _NOISE, EpochIndexed, StreamSampler, collate_images, stream_seeds
+from .conditioning import CONDITIONS, collate
+from .data_stream import _LOADER, _NOISE, EpochIndexed, StreamSampler, stream_seeds
 from .ema import EMA
 from .runlog import RunLog, save_image_grid
 from ..guidance import ClassifierFreeGuidance
@@ -124,6 +125,8 @@ class Trainer:
 
         self.dataset = build_dataset(c)
         self.image_shape, self.num_classes = self._check_data()
+        self.condition = CONDITIONS[c.condition.kind](c.condition_options(), dropout=c.condition.dropout,
+                                                      num_classes=self.num_classes, image_shape=self.image_shape)
         net = build_model(c).to(acc.device)
         self.ema = EMA(net, c.ema.kind, c.ema.decay, c.ema.sigma_rel)
         self._check_model()
@@ -149,8 +152,7 @@ class Trainer:
         self.batches = iter(DataLoader(EpochIndexed(self.dataset) if epochs else self.dataset,
                                        batch_size=self.micro, sampler=sampler,
                                        num_workers=c.data.num_workers, generator=loader_gen,
-                                       collate_fn=functools.partial(collate_images,
-                                                                    labels=tc.conditioning == "class"),
+                                       collate_fn=functools.partial(collate, fields=self.condition.fields),
                                        pin_memory=acc.device.type == "cuda"))
         if rng_state is not None:  # last: nothing above may move the global RNGs after this
             restore_rng(rng_state)
@@ -170,18 +172,28 @@ class Trainer:
         if not isinstance(item, Mapping) or not isinstance(item.get("image"), Tensor):
             raise ValueError(f"dataset {c.data.name!r} must yield dicts with an 'image' tensor, got {type(item).__name__}"
                              + (f" with keys {sorted(item)}" if isinstance(item, Mapping) else ""))
-        if c.train.conditioning == "class" and "label" not in item:
-            raise ValueError(f"train.conditioning is 'class' but dataset {c.data.name!r} yields no 'label'")
+        needs = {"class": "label", "text": "caption"}.get(c.condition.kind)
+        if needs is not None and not isinstance(item.get(needs), (int, str, Tensor, np.integer)):
+            raise ValueError(f"condition.kind is {c.condition.kind!r} but dataset {c.data.name!r} yields no "
+                             f"{needs!r} (its items have {', '.join(sorted(item))})")
         classes = getattr(self.dataset, "classes", None)
-        if c.train.conditioning == "class" and classes is not None and len(classes) > (c.num_classes or 0):
+        if c.condition.kind == "class" and classes is not None and len(classes) > (c.num_classes or 0):
             raise ValueError(f"dataset {c.data.name!r} has {len(classes)} classes but model.num_classes is "
                              f"{c.num_classes}")
         return tuple(item["image"].shape), c.num_classes
 
     def _check_model(self) -> None:
         """One forward pass on a real image, so a shape or class mismatch fails now and says why."""
-        x = self.dataset[0]["image"][None].float().to(self.acc.device)
-        cond = torch.tensor([self.num_classes], device=x.device) if self.config.train.conditioning == "class" else None
+        c = self.config
+        if c.condition.kind == "image":
+            want, got = self.condition.conditioner.concat_channels, c.model.options.get("concat_channels", 0)
+            if got != want:
+                raise ValueError(f"model.concat_channels must be {want} for condition task "
+                                 f"{c.condition_options().task!r} on {self.image_shape[0]}-channel images, got {got}")
+        item = self.dataset[0]
+        x = item["image"][None].float().to(self.acc.device)
+        gens = [torch.Generator().manual_seed(0)]
+        cond = self.condition.training(collate([item], self.condition.fields), gens, x.device)
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
                 build_denoiser(self.config, self.ema.module)(x, torch.ones(1, dtype=torch.float64), cond)
@@ -218,21 +230,6 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ loop
 
-    def _labels(self, batch: Mapping[str, Any], gens: Sequence[torch.Generator]) -> Tensor | None:
-        if self.config.train.conditioning != "class":
-            return None
-        labels = torch.as_tensor(batch["label"]).long().reshape(-1)
-        n = self.num_classes
-        assert n is not None
-        if ((labels < 0) | (labels >= n)).any():
-            raise ValueError(f"dataset label {labels[(labels < 0) | (labels >= n)][0].item()} outside 0..{n - 1} "
-                             f"(model.num_classes={n})")
-        p = self.config.train.label_dropout
-        if p > 0:
-            drop = torch.stack([torch.rand((), generator=g) for g in gens]) < p
-            labels = torch.where(drop, torch.full_like(labels, n), labels)
-        return labels.to(self.acc.device)
-
     def train_step(self) -> Tensor:
         """One optimiser step over ``grad_accum`` micro-batches; returns ``[loss, grad_norm]`` (global)."""
         tc, acc = self.config.train, self.acc
@@ -245,7 +242,7 @@ class Trainer:
             x0 = batch["image"].to(acc.device, torch.float32)
             first = m * self.chunk + self.rank * self.micro
             gens = [torch.Generator().manual_seed(int(s)) for s in seeds[first:first + len(x0)]]
-            cond = self._labels(batch, gens)
+            cond = self.condition.training(batch, gens, acc.device)
             with acc.accumulate(self.net):
                 with autocast:
                     loss = self.config.loss(self.denoiser, x0, cond, gens).mean()
@@ -292,26 +289,50 @@ class Trainer:
         return build_denoiser(self.config, self.ema.module)
 
     def sample_grid(self) -> Path | None:
-        """EMA samples (one row per class when class-conditional) to ``samples/step_*.png`` and ``samples.png``."""
+        """EMA samples to ``samples/step_*.png`` and ``samples.png``: one row per class (class models), per
+        prompt (text models; ``sample.prompts`` or the first dataset captions), or rows of degraded input,
+        sample and original (image-conditioned models)."""
         s = self.config.sample
         if s.n == 0 or not self.main:
             return None
         den: Any = self.ema_denoiser()
-        labels, nrow, n = None, math.ceil(math.sqrt(s.n)), s.n
-        if self.config.train.conditioning == "class":
+        kind, device = self.config.condition.kind, self.acc.device
+        cond: Any = None
+        nrow = n = 0
+        if kind == "class":
             assert self.num_classes is not None
             nrow = max(1, s.n // self.num_classes)
-            n = nrow * self.num_classes
-            labels = torch.arange(self.num_classes, device=self.acc.device).repeat_interleave(nrow)
+            cond = torch.arange(self.num_classes, device=device).repeat_interleave(nrow)
+        elif kind == "text":
+            prompts = list(s.prompts) or self._captions(max(1, round(math.sqrt(s.n))))
+            nrow = max(1, s.n // len(prompts))
+            cond = {"text": [p for p in prompts for _ in range(nrow)]}
+        elif kind == "image":
+            nrow = max(1, round(math.sqrt(s.n)))
+            items = [self.dataset[i] for i in range(min(nrow, len(self.dataset)))]
+            x0 = torch.stack([it["image"] for it in items]).float().to(device)
+            gens = seeded_generators(s.seed, len(x0))
+            cond = self.condition.conditioner.from_source(self.condition.conditioner.degrade(x0, gens), gens)
+            nrow = len(x0)
+        if kind in ("class", "text") and s.cfg_scale != 1:
             den = ClassifierFreeGuidance(den, s.cfg_scale, self.num_classes)
+        n = (len(cond) if isinstance(cond, Tensor) else len(next(iter(cond.values())))) if cond is not None else s.n
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            x = sample(den, (n, *self.image_shape), sampler=s.sampler, nfe=s.nfe, schedule=s.schedule, cond=labels,
-                       generator=seeded_generators(s.seed, n), device=self.acc.device)
+            x = sample(den, (n, *self.image_shape), sampler=s.sampler, nfe=s.nfe, schedule=s.schedule, cond=cond,
+                       generator=seeded_generators(s.seed, n), device=device)
+        if kind == "image":  # rows: what the model saw, what it made, the original
+            shown = cond["concat"][:, :self.image_shape[0]]  # grey, upsampled or masked input
+            x = torch.cat([shown.expand(-1, self.image_shape[0], -1, -1) if shown.shape[1] == 1 else shown, x, x0])
+        else:
+            nrow = nrow if cond is not None else math.ceil(math.sqrt(n))
         path = self.out / SAMPLES / f"step_{self.step:08d}.png"
         path.parent.mkdir(exist_ok=True)
         save_image_grid(x, path, nrow)
         save_image_grid(x, self.out / "samples.png", nrow)
         return path
+
+    def _captions(self, count: int) -> list[str]:
+        return [str(self.dataset[i]["caption"]) for i in range(min(count, len(self.dataset)))]
 
     def _evaluate(self) -> None:
         self.sample_grid()

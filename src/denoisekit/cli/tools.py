@@ -1,0 +1,39 @@
+"""``denoisekit train-classifier`` and ``train-autoencoder``: the networks that serve a diffusion model
+(a noise-conditional classifier for guidance, an autoencoder for latent diffusion)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from .common import positive_int, threads
+
+
+def _add_trainer_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("config", help=f"YAML config of the {what} (see configs/{what}/)")
+    p.add_argument("--out", required=True, help=f"directory to write the {what} to")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
+
+
+def _add_train_classifier(p: argparse.ArgumentParser) -> None:
+    _add_trainer_args(p, "classifier")
+
+
+def _run_train_classifier(args: argparse.Namespace) -> int:
+    from ..train.classifier import run_train_classifier
+
+    start = time.perf_counter()
+    with threads(args.threads or torch.get_num_threads()):
+        run_train_classifier(args.config, args.out, args.set)
+    print(f"trained in {time.perf_counter() - start:.0f} s; use it with "
+          f"'denoisekit sample RUN --classifier {args.out} --classifier-scale S'")
+    return 0
+
+
+COMMANDS = {
+    "train-classifier": ("train a noise-conditional classifier for classifier guidance", _add_train_classifier,
+                         _run_train_classifier),
+}
