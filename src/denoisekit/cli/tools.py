@@ -33,7 +33,24 @@ def _run_train_classifier(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train_autoencoder(p: argparse.ArgumentParser) -> None:
+    _add_trainer_args(p, "autoencoder")
+    p.add_argument("--resume", action="store_true", help="continue exactly from the run's latest checkpoint")
+
+
+def _run_train_autoencoder(args: argparse.Namespace) -> int:
+    from ..train.autoencoder import run_train_autoencoder
+
+    start = time.perf_counter()
+    with threads(args.threads or torch.get_num_threads()):
+        code = run_train_autoencoder(args.config, args.out, args.set, resume=args.resume)
+    print(f"trained in {time.perf_counter() - start:.0f} s; wrote {args.out}")
+    return code
+
+
 COMMANDS = {
     "train-classifier": ("train a noise-conditional classifier for classifier guidance", _add_train_classifier,
                          _run_train_classifier),
+    "train-autoencoder": ("train a KL autoencoder (with an optional PatchGAN) for latent diffusion",
+                          _add_train_autoencoder, _run_train_autoencoder),
 }

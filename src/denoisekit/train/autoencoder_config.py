@@ -1,0 +1,200 @@
+"""Configuration of an autoencoder run (:mod:`denoisekit.train.autoencoder`): sections, YAML, overrides,
+and which images it trains and is evaluated on.
+
+A YAML file has one mapping per section of :class:`AutoencoderTrainConfig`::
+
+    data:          {name: shapes, size: 32}            # denoisekit.config.DataConfig
+    model:         {factor: 4, channels: 64}           # denoisekit.models.autoencoder.AutoencoderConfig
+    discriminator: {layers: 2}                         # denoisekit.models.discriminator.DiscriminatorConfig
+    loss:          {reconstruction: l1, disc_start: 2000}
+    optim:         {lr: 2.0e-4}                        # denoisekit.config.OptimConfig + disc_lr
+    train:         {steps: 10000, batch_size: 32}      # denoisekit.config.TrainConfig
+    eval:          {held_out: 1000}
+
+Overrides ``--set section.key=value`` are typed per key, as for diffusion runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from torch.utils.data import Subset
+
+from .._utils import check_choice
+from ..config import (DataConfig, OptimConfig, TrainConfig, _plain, _section_from_dict, _unknown_key, build_entry,
+                      key_type)
+from ..models.autoencoder import AutoencoderConfig
+from ..models.discriminator import DiscriminatorConfig
+from ..options import _hints, option_schema, parse_value
+
+
+@dataclass(frozen=True)
+class AutoencoderLossConfig:
+    """``reconstruction`` L1 or L2 (per-image sums), ``kl_weight``, the GAN's ``disc_weight`` (0: no GAN)
+    from step ``disc_start``, and the clamp of the adaptive weight (LDM's 1e4; with per-image sums lambda
+    grows with the pixel count: it is ~1e4 for 32x32 RGB shapes, so larger images may need a larger clamp)."""
+
+    reconstruction: Literal["l1", "l2"] = "l1"
+    kl_weight: float = 1e-6
+    disc_weight: float = 0.5
+    disc_start: int = 2000
+    max_adaptive_weight: float = 1e4
+
+    def __post_init__(self) -> None:
+        check_choice("loss.reconstruction", self.reconstruction, ("l1", "l2"))
+        for name in ("kl_weight", "disc_weight", "disc_start"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)!r}")
+        if not self.max_adaptive_weight > 0:
+            raise ValueError(f"loss.max_adaptive_weight must be > 0, got {self.max_adaptive_weight!r}")
+
+
+@dataclass(frozen=True)
+class AutoencoderOptimConfig(OptimConfig):
+    """:class:`~denoisekit.config.OptimConfig` for one AdamW over two parameter groups: the autoencoder at
+    ``lr``, the discriminator at ``disc_lr`` (None: ``lr``), both on the same warm-up/decay schedule.
+    Defaults as LDM: ``betas = (0.5, 0.9)``; ``grad_clip`` (autoencoder only) off, as the per-image-sum
+    losses have gradient norms in the thousands."""
+
+    betas: tuple[float, float] = (0.5, 0.9)
+    grad_clip: float = 0.0
+    disc_lr: float | None = None
+
+    def _check(self) -> None:
+        super()._check()
+        self._require(self.disc_lr is None or self.disc_lr > 0, "disc_lr", "> 0 or null (the same as lr)")
+
+
+@dataclass(frozen=True)
+class AutoencoderEvalConfig:
+    """After training: ``scale_images`` training images set the latent scale (``center_latents`` also
+    the shift); ``held_out`` images give PSNR and rFID. ``features``: ``auto`` (Inception if ``inception``
+    is a weights file, else the dataset's built-in network), ``inception``, or ``none`` (PSNR only)."""
+
+    held_out: int = 1000
+    scale_images: int = 1000
+    center_latents: bool = False
+    features: Literal["auto", "inception", "none"] = "auto"
+    inception: str | None = None
+    cache_dir: str | None = None
+    batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        check_choice("eval.features", self.features, ("auto", "inception", "none"))
+        if self.held_out < 0 or self.scale_images < 1 or self.batch_size < 1:
+            raise ValueError("eval.held_out must be >= 0, eval.scale_images and eval.batch_size >= 1")
+        if self.features == "inception" and not self.inception:
+            raise ValueError("eval.features 'inception' needs eval.inception: a local FID Inception weights file")
+
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": AutoencoderConfig, "discriminator": DiscriminatorConfig,
+                             "loss": AutoencoderLossConfig, "optim": AutoencoderOptimConfig,
+                             "train": TrainConfig, "eval": AutoencoderEvalConfig}
+
+
+@dataclass(frozen=True)
+class AutoencoderTrainConfig:
+    """A whole autoencoder run, one section per component (YAML: ``configs/autoencoder/shapes-f4.yaml``).
+    ``data`` and ``train`` are the diffusion runs' sections (:mod:`denoisekit.config`), without gradient
+    accumulation or mixed precision. The discriminator takes the model's ``in_channels``."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    loss: AutoencoderLossConfig = field(default_factory=AutoencoderLossConfig)
+    optim: AutoencoderOptimConfig = field(default_factory=AutoencoderOptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: AutoencoderEvalConfig = field(default_factory=AutoencoderEvalConfig)
+
+    def __post_init__(self) -> None:
+        for name, cls in SECTIONS.items():
+            if not isinstance(getattr(self, name), cls):
+                raise ValueError(f"{name}: expected a {cls.__name__}, got {type(getattr(self, name)).__name__}")
+        if self.train.grad_accum != 1 or self.train.mixed_precision != "no":
+            raise ValueError("train.grad_accum and train.mixed_precision are not supported for autoencoders "
+                             "(leave them at 1 and 'no')")
+        if self.discriminator.in_channels != self.model.in_channels:
+            object.__setattr__(self, "discriminator", replace(self.discriminator, in_channels=self.model.in_channels))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], overrides: Sequence[str] = ()) -> AutoencoderTrainConfig:
+        """Build from the YAML layout, after ``"section.key=value"`` overrides typed per key."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"expected a mapping of sections ({', '.join(SECTIONS)}), got {type(d).__name__}")
+        d = {k: dict(v) if isinstance(v, Mapping) else v for k, v in d.items()}
+        for item in overrides:
+            key, sep, text = item.partition("=")
+            section, _, name = key.strip().partition(".")
+            if not sep or not name:
+                raise ValueError(f"override {item!r}: expected SECTION.KEY=VALUE, e.g. model.channels=64")
+            if section not in SECTIONS:
+                raise _unknown_key(section, "<top level>", list(SECTIONS))
+            tp = key_type(d, "data", name) if section == "data" else _field_type(section, name)
+            d[section] = {**(d.get(section) or {}), name: parse_value(text.strip(), tp, key.strip())}
+        for key in d:
+            if key not in SECTIONS:
+                raise _unknown_key(str(key), "<top level>", list(SECTIONS))
+        return cls(**{name: _section_from_dict(name, sc, d.get(name) or {}) for name, sc in SECTIONS.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {name: {f.name: _plain(getattr(getattr(self, name), f.name))
+                      for f in dataclasses.fields(getattr(self, name)) if f.name != "options"} for name in SECTIONS}
+        out["data"].update(_plain(self.data.options))
+        return out
+
+
+def _field_type(section: str, name: str) -> Any:
+    names = [f.name for f in dataclasses.fields(SECTIONS[section])]
+    if name not in names:
+        raise _unknown_key(f"{section}.{name}", section, names)
+    return _hints(SECTIONS[section]).get(name, Any)
+
+
+def load_autoencoder_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> AutoencoderTrainConfig:
+    """Read a YAML run config (errors name the file and the key)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+        return AutoencoderTrainConfig.from_dict(raw if raw is not None else {}, overrides)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from None
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+def split_datasets(data: DataConfig, held_out: int) -> tuple[Any, int, Any]:
+    """``(train, n_train, held_out)``: training uses items ``0..n_train-1`` of ``train``; ``held_out`` is a
+    dataset (``None`` when ``held_out`` is 0) chosen per the rule of the module docstring."""
+    from ..data import IMAGE_DATASETS
+
+    entry = IMAGE_DATASETS[data.name]
+    schema, _, cls = option_schema(entry)
+    opts = dict(data.options)
+    train = build_entry(entry, opts)
+    if held_out == 0:
+        return train, len(train), None
+    if "split" in schema:
+        default = next((f.default for f in dataclasses.fields(cls) if f.name == "split"), None) if cls else None
+        if opts.get("split", default) != "train":
+            raise ValueError(f"data.split is {opts.get('split', default)!r}: train on split 'train' so that the "
+                             "'test' split is held out for evaluation")
+        test = build_entry(entry, {**opts, "split": "test"})
+        return train, len(train), Subset(test, range(min(held_out, len(test))))
+    if "length" in schema and "seed" in schema:  # procedural: item i is a function of (seed, i)
+        n = len(train)
+        return train, n, Subset(build_entry(entry, {**opts, "length": n + held_out}), range(n, n + held_out))
+    if len(train) <= held_out:
+        raise ValueError(f"dataset {data.name!r} has {len(train)} images: too few to hold out eval.held_out="
+                         f"{held_out} of them")
+    n = len(train) - held_out
+    return train, n, Subset(train, range(n, len(train)))
