@@ -11,6 +11,7 @@ A config file (see ``configs/*.yaml``) has one mapping per section::
     condition: {kind: class, dropout: 0.1}             # ConditionConfig; other keys go to the condition
     train:   {steps: 5000, batch_size: 128}            # TrainConfig
     sample:  {sampler: dpmpp_2m, nfe: 20}              # SampleConfig
+    latent:  {autoencoder: runs/shapes-ae-f4}          # LatentConfig (absent: pixel space)
 
 Sections ``data``, ``model``, ``process`` and ``condition`` name an entry of a registry
 (``denoisekit.data.IMAGE_DATASETS``, ``denoisekit.models.MODELS``, ``denoisekit.process.PROCESSES``,
@@ -274,9 +275,27 @@ class SampleConfig(_Section):
         self._require(self.every >= 0, "every", ">= 0")
 
 
+@dataclass(frozen=True)
+class LatentConfig(_Section):
+    """Latent diffusion (Rombach et al. 2022): train on the scaled latents of the autoencoder in directory
+    ``autoencoder`` (from ``denoisekit train-autoencoder``; ``None``: pixel space), encoded once per image
+    with the posterior mode, or with ``sample_posterior`` a fresh posterior sample per epoch; ``cache``
+    keeps the encoded latents on disk for the next run (see :mod:`denoisekit.train.latent`)."""
+
+    _key: ClassVar[str] = "latent"
+    autoencoder: str | None = None
+    sample_posterior: bool = False
+    cache: bool = True
+
+    def _check(self) -> None:
+        self._require(self.autoencoder is None or bool(self.autoencoder.strip()), "autoencoder",
+                      "a directory written by 'denoisekit train-autoencoder' (or null for pixel space)")
+
+
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "process": ProcessConfig,
                              "loss": DiffusionLoss, "optim": OptimConfig, "ema": EMAConfig,
-                             "condition": ConditionConfig, "train": TrainConfig, "sample": SampleConfig}
+                             "condition": ConditionConfig, "train": TrainConfig, "sample": SampleConfig,
+                             "latent": LatentConfig}
 
 
 @dataclass(frozen=True)
@@ -292,6 +311,7 @@ class Config:
     condition: ConditionConfig = field(default_factory=ConditionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    latent: LatentConfig = field(default_factory=LatentConfig)
 
     def __post_init__(self) -> None:
         for name, cls in SECTIONS.items():
@@ -312,6 +332,9 @@ class Config:
             raise ValueError(f"sample.cfg_scale={self.sample.cfg_scale} needs condition.kind class or text")
         if self.sample.prompts and kind != "text":
             raise ValueError("sample.prompts needs condition.kind: text")
+        if self.latent.autoencoder is not None and kind == "image":
+            raise ValueError("latent.autoencoder does not support condition.kind: image (its degraded inputs are "
+                             "images, not latents); use pixel space (latent.autoencoder: null)")
 
     def condition_options(self) -> Any:
         """The condition's own options as its config dataclass."""

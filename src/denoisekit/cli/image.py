@@ -217,6 +217,7 @@ def _run_sample(args: argparse.Namespace) -> int:
     from ..guidance import ClassifierFreeGuidance
     from ..sampling import sample, steps_for_nfe
     from ..train.runlog import save_image_grid
+    from ..train.latent import decode, load_latent_decoder
     from ..train.trainer import load_run, run_info
 
     out = Path(args.out)
@@ -224,6 +225,7 @@ def _run_sample(args: argparse.Namespace) -> int:
         raise UsageError(f"--out must end in .png or .npz, got {out.name!r}")
     denoiser, config = load_run(args.run, weights=args.weights)
     info = run_info(args.run)
+    decoder = load_latent_decoder(args.run)  # None in pixel space
     sc = config.sample
     sampler, nfe = args.sampler or sc.sampler, args.nfe if args.nfe is not None else sc.nfe
     schedule = args.schedule or sc.schedule
@@ -237,6 +239,9 @@ def _run_sample(args: argparse.Namespace) -> int:
     kind = config.condition.kind
     if kind == "image" or args.source is not None:
         return _restore(args, out, denoiser, config, info["image_shape"], sampler, nfe, schedule, options, n)
+    if decoder is not None and args.classifier is not None:
+        raise UsageError("--classifier guides in pixel space; this run samples latents (latent.autoencoder: "
+                         f"{config.latent.autoencoder})")
     clf = _load_classifier(args, config) if args.classifier is not None else None
     prompts = _prompts(args, kind, list(sc.prompts))
     if prompts is not None:
@@ -277,8 +282,9 @@ def _run_sample(args: argparse.Namespace) -> int:
         for i in range(0, n, args.batch):
             j = min(n, i + args.batch)
             cond = None if conds is None else conds[i:j] if labels is not None else {"text": conds[i:j]}
-            chunks.append(sample(den, (j - i, *info["image_shape"]), sampler=sampler, nfe=nfe, schedule=schedule,
-                                 cond=cond, generator=gens[i:j], **options))
+            x = sample(den, (j - i, *info["image_shape"]), sampler=sampler, nfe=nfe, schedule=schedule,
+                       cond=cond, generator=gens[i:j], **options)
+            chunks.append(decode(decoder, x) if decoder is not None else x)
     x = torch.cat(chunks)
     seconds = time.perf_counter() - start
     if not torch.isfinite(x).all():
@@ -291,8 +297,10 @@ def _run_sample(args: argparse.Namespace) -> int:
         lab = labels.numpy() if labels is not None else np.full(n, -1)
         extra = {"prompts": np.array(conds, dtype=str)} if prompts is not None else {}
         np.savez_compressed(out, images=images, labels=lab.astype(np.int64), **extra)
+    space = (f"; latents {'x'.join(map(str, info['image_shape']))} decoded to {'x'.join(map(str, x.shape[1:]))}"
+             if decoder is not None else "")
     print(f"{n} images from {args.run} ({sampler}, {nfe} NFE, {schedule}, cfg {scale:g}) in {seconds:.1f} s "
-          f"({n / seconds:.1f} images/s); wrote {out}")
+          f"({n / seconds:.1f} images/s{space}); wrote {out}")
     return 0
 
 

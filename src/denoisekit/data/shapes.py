@@ -27,6 +27,12 @@ Captions: one shape, "a {size} {colour} {kind} {where}" with ``where`` from a 3x
 left", "on the right", "in the centre", ...); two shapes, "{first} {relation} {second}" with the
 relation "left of"/"right of"/"above"/"below" along the axis of larger separation; three or more,
 "{a}, {b} and {c} from left to right" (or "from top to bottom", along the axis of larger spread).
+:func:`parse_caption` inverts this grammar (:data:`CAPTION_GRAMMAR`) and :meth:`Caption.text` writes it.
+
+Held-out combinations: ``holdout=("red star", ...)`` never draws those (colour, kind) pairs (a shape
+that would have one is re-drawn), so a text-to-image model trained on the data has never seen them;
+:data:`DEFAULT_HOLDOUT` is the list the text-to-image preset uses. An empty holdout (the default)
+leaves every image exactly as before.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
@@ -60,6 +67,16 @@ MAX_SHAPES_LIMIT = 6
 _REGIONS = (("in the top left", "at the top", "in the top right"),
             ("on the left", "in the centre", "on the right"),
             ("in the bottom left", "at the bottom", "in the bottom right"))
+#: The 3x3 regions of a one-shape caption, row-major (index = 3 * row + column), as phrases.
+REGION_PHRASES = tuple(p for row in _REGIONS for p in row)
+#: Two-shape relations: where the first shape lies relative to the second (y downwards).
+RELATIONS = ("left of", "right of", "above", "below")
+#: Three-or-more-shape orders: the axis the shapes are listed along.
+ORDERS = ("from left to right", "from top to bottom")
+#: (colour, kind) pairs the text-to-image preset leaves out of training, so that prompts naming them test
+#: composition of attributes seen only apart: one per kind, each in a different colour, so every kind and
+#: every colour is still seen with five or seven partners.
+DEFAULT_HOLDOUT = ("red star", "blue triangle", "green circle", "yellow square", "purple diamond", "cyan cross")
 
 
 @dataclass(frozen=True)
@@ -80,10 +97,12 @@ class ShapesConfig:
     max_tries: int = 50
     return_masks: bool = True
     cache: bool = False
+    holdout: tuple[str, ...] = ()  # "colour kind" pairs never drawn, e.g. DEFAULT_HOLDOUT
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kinds", tuple(self.kinds))  # YAML gives lists
         object.__setattr__(self, "colours", tuple(self.colours))
+        object.__setattr__(self, "holdout", (self.holdout,) if isinstance(self.holdout, str) else tuple(self.holdout))
         for name in ("size", "length", "supersample", "max_tries"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
@@ -107,6 +126,23 @@ class ShapesConfig:
         check_choice("shapes label_from", self.label_from, LABEL_FROM)
         if not 0.0 <= self.max_overlap <= 1.0:
             raise ValueError(f"shapes: max_overlap must be in [0, 1], got {self.max_overlap!r}")
+        held = held_out_pairs(self.holdout)
+        if len(set(held)) != len(held):
+            raise ValueError(f"shapes: holdout pairs must not repeat, got {list(self.holdout)}")
+        if all((c, k) in held for k in self.kinds for c in self.colours):
+            raise ValueError(f"shapes: holdout {list(self.holdout)} leaves no (colour, kind) pair of kinds "
+                             f"{list(self.kinds)} and colours {list(self.colours)} to draw")
+
+
+def held_out_pairs(holdout: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
+    """``[(colour, kind), ...]`` from "colour kind" strings ("red star"), checked against COLOURS and KINDS."""
+    pairs = []
+    for entry in holdout:
+        words = entry.split() if isinstance(entry, str) else []
+        if len(words) != 2:
+            raise ValueError(f"shapes: a holdout entry is a 'colour kind' string such as 'red star', got {entry!r}")
+        pairs.append((check_choice("holdout colour", words[0], COLOURS), check_choice("holdout kind", words[1], KINDS)))
+    return pairs
 
 
 @dataclass
@@ -167,10 +203,14 @@ def _box_overlap(a: ShapeSpec, b: ShapeSpec) -> float:
     return w * h / (4 * min(a.half, b.half) ** 2)
 
 
+def region_index(x: float, y: float) -> int:
+    """The 3x3 cell (``3 * row + column``, row-major from the top left) of a centre at normalised (x, y)."""
+    return 3 * min(int(y * 3), 2) + min(int(x * 3), 2)
+
+
 def region_phrase(x: float, y: float) -> str:
     """Where a centre at normalised (x, y) lies on a 3x3 grid, as a phrase ("in the top left")."""
-    col, row = min(int(x * 3), 2), min(int(y * 3), 2)
-    return _REGIONS[row][col]
+    return REGION_PHRASES[region_index(x, y)]
 
 
 def relation_phrase(a: tuple[float, float], b: tuple[float, float]) -> str:
@@ -194,13 +234,97 @@ def caption_order(positions: list[tuple[float, float]]) -> tuple[list[int], str]
 
 def make_caption(words: list[tuple[str, str, str]], positions: list[tuple[float, float]]) -> str:
     """The caption of shapes given as (size, colour, kind) words and normalised centres, in caption order."""
-    descs = [f"a {s} {c} {k}" for s, c, k in words]
-    if len(descs) == 1:
-        return f"{descs[0]} {region_phrase(*positions[0])}"
-    if len(descs) == 2:
-        return f"{descs[0]} {relation_phrase(positions[0], positions[1])} {descs[1]}"
-    _, phrase = caption_order(positions)
-    return f"{', '.join(descs[:-1])} and {descs[-1]} {phrase}"
+    shapes = tuple(CaptionShape(*w) for w in words)
+    if len(shapes) == 1:
+        return Caption(shapes, region=region_index(*positions[0])).text()
+    if len(shapes) == 2:
+        return Caption(shapes, relation=relation_phrase(positions[0], positions[1])).text()
+    return Caption(shapes, order=caption_order(positions)[1]).text()
+
+
+@dataclass(frozen=True)
+class CaptionShape:
+    """One shape of a caption, as words: a size of SIZES, a colour of COLOURS, a kind of KINDS."""
+
+    size: str
+    colour: str
+    kind: str
+
+    def text(self) -> str:
+        return f"a {self.size} {self.colour} {self.kind}"
+
+
+@dataclass(frozen=True)
+class Caption:
+    """What a caption says: its shapes in caption order and, by count, exactly one of ``region`` (one
+    shape: index into REGION_PHRASES), ``relation`` (two: one of RELATIONS, the first relative to the
+    second) or ``order`` (three or more: one of ORDERS)."""
+
+    shapes: tuple[CaptionShape, ...]
+    region: int | None = None
+    relation: str | None = None
+    order: str | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.shapes)
+
+    def text(self) -> str:
+        """The caption in the dataset's grammar (the inverse of :func:`parse_caption`)."""
+        descs = [s.text() for s in self.shapes]
+        if self.count == 1 and self.region is not None:
+            return f"{descs[0]} {REGION_PHRASES[self.region]}"
+        if self.count == 2 and self.relation is not None:
+            return f"{descs[0]} {self.relation} {descs[1]}"
+        if self.count >= 3 and self.order is not None:
+            return f"{', '.join(descs[:-1])} and {descs[-1]} {self.order}"
+        raise ValueError(f"a caption of {self.count} shape(s) needs "
+                         + ("a region" if self.count == 1 else "a relation" if self.count == 2 else "an order")
+                         + f", got {self}")
+
+
+CAPTION_GRAMMAR = (
+    "captions are lower-case and take one of three forms: "
+    "'<shape> <where>' (one shape), '<shape> <relation> <shape>' (two), "
+    "'<shape>, <shape>, ... and <shape> <order>' (three or more); "
+    "<shape> = 'a <size> <colour> <kind>' with size in {" + ", ".join(SIZES) + "}, colour in {"
+    + ", ".join(COLOURS) + "}, kind in {" + ", ".join(KINDS) + "}; <where> in {" + ", ".join(REGION_PHRASES)
+    + "}; <relation> in {" + ", ".join(RELATIONS) + "}; <order> in {" + ", ".join(ORDERS) + "}"
+)
+_SHAPE_RE = re.compile(rf"a ({'|'.join(SIZES)}) ({'|'.join(COLOURS)}) ({'|'.join(KINDS)})")
+_WORDS = frozenset(" ".join((*SIZES, *COLOURS, *KINDS, *REGION_PHRASES, *RELATIONS, *ORDERS, "a")).split())
+
+
+def parse_caption(caption: str) -> Caption:
+    """What a caption of the shapes grammar says (:class:`Caption`); exactly inverts :func:`make_caption`.
+
+    Case and runs of white space are ignored. Anything outside the grammar raises ``ValueError`` naming the
+    caption, the unknown words if any, and the grammar (:data:`CAPTION_GRAMMAR`).
+    """
+    if not isinstance(caption, str):
+        raise TypeError(f"a shapes caption is a str, got {type(caption).__name__}")
+    text = " ".join(caption.lower().split())
+
+    def shapes(*parts: str) -> tuple[CaptionShape, ...] | None:
+        matches = [_SHAPE_RE.fullmatch(p) for p in parts]
+        return tuple(CaptionShape(*m.groups()) for m in matches) if all(matches) else None
+
+    for i, phrase in enumerate(REGION_PHRASES):
+        if text.endswith(" " + phrase) and (one := shapes(text[:-len(phrase) - 1])):
+            return Caption(one, region=i)
+    for relation in RELATIONS:
+        first, sep, second = text.partition(f" {relation} ")
+        if sep and (two := shapes(first, second)):
+            return Caption(two, relation=relation)
+    for order in ORDERS:
+        if text.endswith(" " + order):
+            head, sep, last = text[:-len(order) - 1].rpartition(" and ")
+            parts = head.split(", ")
+            if sep and len(parts) >= 2 and (many := shapes(*parts, last)):
+                return Caption(many, order=order)
+    unknown = sorted({w for w in text.replace(",", " ").split() if w not in _WORDS})
+    why = f"unknown word(s) {', '.join(map(repr, unknown))}; " if unknown else ""
+    raise ValueError(f"cannot parse {caption!r} as a shapes caption: {why}{CAPTION_GRAMMAR}")
 
 
 class ShapesDataset(Dataset):
@@ -224,6 +348,8 @@ class ShapesDataset(Dataset):
         else:
             self.classes = ()
         self._cache: dict[int, ShapesSample] = {}
+        self._held = {(cfg.kinds.index(k), cfg.colours.index(c)) for c, k in held_out_pairs(cfg.holdout)
+                      if k in cfg.kinds and c in cfg.colours}
         S, ss = cfg.size, cfg.supersample
         rows = np.arange(S * ss) // ss
         self._pixel_keys = ((rows[:, None] * S + rows[None, :]) * (cfg.max_shapes + 1)).ravel()
@@ -246,6 +372,8 @@ class ShapesDataset(Dataset):
         placed: list[ShapeSpec] = []
         for _ in range(count):
             kind, colour, size = pick(len(cfg.kinds)), pick(len(cfg.colours)), pick(len(SIZES))
+            while (kind, colour) in self._held:  # rejection: uniform over the allowed pairs
+                kind, colour = pick(len(cfg.kinds)), pick(len(cfg.colours))
             for attempt in range(cfg.max_tries):
                 if attempt == cfg.max_tries // 2:
                     size = 0  # crowded: try the rest as a small shape before leaving it out

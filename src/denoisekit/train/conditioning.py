@@ -87,10 +87,12 @@ class TextCondition(NoCondition):
     @dataclass(frozen=True)
     class Config:
         """``encoder``: ``minilm`` (frozen, pretrained, 384-d, needs the ``text`` extra) or ``tokens`` (a small
-        learned encoder of width ``dim``); prompts are cut to ``max_tokens`` tokens."""
+        learned encoder of width ``dim``); prompts are cut to ``max_tokens`` tokens. MiniLM keeps the
+        embeddings of its last ``cache_size`` prompts (as many as a dataset has captions avoids re-encoding)."""
 
         encoder: Literal["minilm", "tokens"] = "minilm"
         max_tokens: int = 32
+        cache_size: int = 4096
         vocab_size: int = 4096
         dim: int = 128
         layers: int = 2
@@ -100,7 +102,7 @@ class TextCondition(NoCondition):
             from .._utils import check_choice
 
             check_choice("encoder", self.encoder, ("minilm", "tokens"))
-            for name in ("max_tokens", "vocab_size", "dim", "layers", "heads"):
+            for name in ("max_tokens", "cache_size", "vocab_size", "dim", "layers", "heads"):
                 if getattr(self, name) < 1:
                     raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
             if self.dim % self.heads:
@@ -112,7 +114,7 @@ class TextCondition(NoCondition):
 
         def encoder_options(self) -> dict[str, Any]:
             if self.encoder == "minilm":
-                return {"max_tokens": self.max_tokens}
+                return {"max_tokens": self.max_tokens, "cache_size": self.cache_size}
             return {"max_tokens": self.max_tokens, "vocab_size": self.vocab_size, "dim": self.dim,
                     "layers": self.layers, "heads": self.heads}
 

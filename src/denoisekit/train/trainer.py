@@ -9,6 +9,9 @@
     samples.png, samples/     EMA sample grids (the latest, and one per sampling step)
     tb/                       TensorBoard events (when tensorboard is installed)
 
+With ``latent.autoencoder`` set the same loop trains latent diffusion (:mod:`denoisekit.train.latent`):
+the dataset's images become the autoencoder's scaled latents and sample grids are decoded.
+
 The same code runs under ``accelerate launch --multi_gpu --num_processes N`` (on CPUs too: each
 process then uses gloo). ``train.batch_size`` is the global batch of one optimiser step; it is split
 into ``grad_accum`` micro-batches and each micro-batch over the processes. Every random draw of a
@@ -51,13 +54,14 @@ from .checkpoint import (STATE_FILE, capture_rng, clean_stale, latest_checkpoint
 from .conditioning import CONDITIONS, collate
 from .data_stream import _LOADER, _NOISE, EpochIndexed, StreamSampler, stream_seeds
 from .ema import EMA
+from .latent import check_latent_resume, decode, latent_dataset
 from .runlog import RunLog, save_image_grid
 from ..guidance import ClassifierFreeGuidance
 
 RUN_CONFIG, CHECKPOINTS, SAMPLES = "config.yaml", "checkpoints", "samples"
 #: Keys that may change when resuming: they do not alter the trained weights.
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.save_every", "train.keep_last",
-                     "train.max_nan_steps", "data.num_workers", "sample.")
+                     "train.max_nan_steps", "data.num_workers", "sample.", "latent.cache")
 MetricsHook = Callable[[Denoiser, int], Mapping[str, float]]
 
 
@@ -124,6 +128,11 @@ class Trainer:
                                  f"{', '.join(changed)} (only {', '.join(RESUMABLE_CHANGES)}* may change)")
 
         self.dataset = build_dataset(c)
+        self.autoencoder = None
+        if c.latent.autoencoder is not None:  # latent diffusion: the data are the autoencoder's latents
+            with acc.main_process_first():  # the main process fills the disk cache; the others read it
+                self.dataset = latent_dataset(c, self.dataset, device=acc.device, progress=progress and self.main)
+            self.autoencoder = self.dataset.autoencoder
         self.image_shape, self.num_classes = self._check_data()
         self.condition = CONDITIONS[c.condition.kind](c.condition_options(), dropout=c.condition.dropout,
                                                       num_classes=self.num_classes, image_shape=self.image_shape)
@@ -204,6 +213,8 @@ class Trainer:
     def _load(self, path: Path) -> dict[str, Any] | None:
         ck = load_checkpoint(path)
         st = ck["state"]
+        if self.autoencoder is not None:
+            check_latent_resume(path, st, self.dataset.record)
         load_weights(self.raw_net, ck["model"], str(path / "model.safetensors"))
         load_weights(self.ema.module, ck["ema"], str(path / "ema.safetensors"))
         try:
@@ -280,6 +291,8 @@ class Trainer:
                      "nan": {"total": self.nan_total, "streak": self.nan_streak}, "rng": rngs,
                      "world_size": self.world, "image_shape": list(self.image_shape),
                      "classes": [str(c) for c in getattr(self.dataset, "classes", None) or []]}
+            if self.autoencoder is not None:
+                state["latent"] = self.dataset.record
             save_checkpoint(self.out / CHECKPOINTS, self.step, model=self.raw_net.state_dict(),
                             ema=self.ema.module.state_dict(), optimizer=self.opt.state_dict(), state=state,
                             keep_last=tc.keep_last)
@@ -320,6 +333,8 @@ class Trainer:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             x = sample(den, (n, *self.image_shape), sampler=s.sampler, nfe=s.nfe, schedule=s.schedule, cond=cond,
                        generator=seeded_generators(s.seed, n), device=device)
+            if self.autoencoder is not None:
+                x = decode(self.autoencoder, x)
         if kind == "image":  # rows: what the model saw, what it made, the original
             shown = cond["concat"][:, :self.image_shape[0]]  # grey, upsampled or masked input
             x = torch.cat([shown.expand(-1, self.image_shape[0], -1, -1) if shown.shape[1] == 1 else shown, x, x0])
@@ -425,15 +440,17 @@ def train_from_config(config: Config | str | os.PathLike[str] | None, out_dir: s
 
 
 def run_info(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """What sampling a run needs besides its config: ``step``, ``image_shape`` ``(C, H, W)`` and the
-    dataset's class names ``classes`` (may be empty), from the latest checkpoint."""
+    """What sampling a run needs besides its config: ``step``, ``image_shape`` ``(C, H, W)`` (of the latents in
+    a latent run), the dataset's class names ``classes`` (may be empty) and, for a latent run, ``latent`` (the
+    autoencoder's :func:`~denoisekit.train.latent.latent_record`), from the latest checkpoint."""
     ckpt = latest_checkpoint(Path(run_dir) / CHECKPOINTS)
     if ckpt is None:
         raise FileNotFoundError(f"{Path(run_dir) / CHECKPOINTS}: no checkpoint")
     state = load_json(ckpt / STATE_FILE)
     try:
         return {"step": int(state["step"]), "image_shape": tuple(int(v) for v in state["image_shape"]),
-                "classes": [str(c) for c in state.get("classes", [])]}
+                "classes": [str(c) for c in state.get("classes", [])],
+                **({"latent": state["latent"]} if state.get("latent") else {})}
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{ckpt / STATE_FILE}: malformed ({e!r})") from None
 
@@ -441,6 +458,8 @@ def run_info(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 def load_run(run_dir: str | os.PathLike[str], *, weights: Literal["ema", "model"] = "ema",
              checkpoint: str | os.PathLike[str] | None = None) -> tuple[Denoiser, Config]:
     """The trained denoiser (EMA weights by default, eval mode, on CPU) and config of a run directory.
+    A latent run's denoiser works on latents: decode its samples with ``load_latent_decoder(run_dir)``
+    (:mod:`denoisekit.train.latent`).
 
     ``checkpoint`` picks a checkpoint directory (default: the latest). Missing files raise
     ``FileNotFoundError`` and corrupt ones ``ValueError``, naming the path. Nothing is unpickled.
