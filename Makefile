@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 RUN   ?= runs/moons
 DEMO  ?= runs/demo
 
-.PHONY: demo demo2d test bench install clean fonts
+.PHONY: demo demo2d test bench install clean fonts peers
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,13 @@ fonts:
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/samplers.py
+
+# The peer library that needs torchvision, in its own environment (benchmarks/quality.py runs it there).
+PEERS := .venv-peers
+peers: $(PEERS)/bin/python
+$(PEERS)/bin/python:
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1 denoising-diffusion-pytorch==2.3.4
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
