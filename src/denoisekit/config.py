@@ -27,10 +27,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
 import yaml
@@ -43,6 +43,9 @@ from .prediction import PREDICTIONS, Denoiser
 from .process import PROCESSES, Process, get_process
 from .samplers import SAMPLERS
 from .schedules import SCHEDULES
+
+T = TypeVar("T")
+
 
 def _unknown_key(key: str, level: str, valid: Sequence[str]) -> ValueError:
     return ValueError(f"unknown key {key!r}; valid keys at {level!r}: {', '.join(sorted(valid))}")
@@ -477,8 +480,9 @@ def config_to_yaml(config: Config) -> str:
     return yaml.dump(config_to_dict(config), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
 
-def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
-    """Read a YAML config, apply dotted ``overrides``, validate. Errors name the file and the key."""
+def read_config_file(path: str | os.PathLike[str], overrides: Sequence[str],
+                     build: Callable[[Mapping[str, Any], Sequence[str]], T]) -> T:
+    """``build(raw YAML mapping, overrides)`` for a config file; every error names the file (and the key)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
@@ -487,9 +491,14 @@ def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid YAML ({e})") from None
     try:
-        return config_from_dict(apply_overrides(raw if raw is not None else {}, overrides))
+        return build(raw if raw is not None else {}, overrides)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
+
+
+def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
+    """Read a YAML config, apply dotted ``overrides``, validate. Errors name the file and the key."""
+    return read_config_file(path, overrides, lambda raw, ov: config_from_dict(apply_overrides(raw, ov)))
 
 
 def save_config(config: Config, path: str | os.PathLike[str]) -> None:

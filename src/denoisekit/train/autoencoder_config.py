@@ -20,15 +20,13 @@ import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from torch.utils.data import Subset
 
 from .._utils import check_choice
 from ..config import (DataConfig, OptimConfig, TrainConfig, _plain, _section_from_dict, _unknown_key, build_entry,
-                      key_type)
+                      key_type, read_config_file)
 from ..models.autoencoder import AutoencoderConfig
 from ..models.discriminator import DiscriminatorConfig
 from ..options import _hints, option_schema, parse_value
@@ -158,16 +156,7 @@ def _field_type(section: str, name: str) -> Any:
 
 def load_autoencoder_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> AutoencoderTrainConfig:
     """Read a YAML run config (errors name the file and the key)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-        return AutoencoderTrainConfig.from_dict(raw if raw is not None else {}, overrides)
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid YAML ({e})") from None
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+    return read_config_file(path, overrides, AutoencoderTrainConfig.from_dict)
 
 
 # ------------------------------------------------------------------------------------------------ data

@@ -37,7 +37,7 @@ import yaml
 from torch import Tensor
 
 from .._utils import check_choice, lookup
-from ..config import DataConfig, OptimConfig, ProcessConfig, _section_from_dict, key_type
+from ..config import DataConfig, OptimConfig, ProcessConfig, _section_from_dict, key_type, read_config_file
 from ..losses import NOISE_LEVELS, NoiseLevels, sample_times
 from ..models.classifier import NoiseClassifier, NoiseClassifierConfig, NoisyClassifier
 from ..options import _hints, build_entry, parse_value
@@ -145,17 +145,7 @@ def _key_type(raw: Mapping[str, Any], section: str, name: str) -> Any:
 
 def load_classifier_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> ClassifierRunConfig:
     """Read a YAML classifier config, apply dotted ``overrides``, validate; errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid YAML ({e})") from None
-    try:
-        return classifier_config_from_dict(raw if raw is not None else {}, overrides)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+    return read_config_file(path, overrides, classifier_config_from_dict)
 
 
 # ---------------------------------------------------------------------------------------------
