@@ -446,24 +446,31 @@ def key_type(d: Mapping[str, Any], section: str, key: str) -> Any:
     raise _unknown_key(f"{section}.{key}", section, fixed)
 
 
-def apply_overrides(d: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """A copy of raw config ``d`` with ``"section.key=value"`` overrides applied, values typed per key."""
+def apply_overrides(d: Mapping[str, Any], overrides: Sequence[str], *, sections: Mapping[str, type] = SECTIONS,
+                    typed: Callable[[Mapping[str, Any], str, str], Any] | None = None) -> dict[str, Any]:
+    """A copy of raw config ``d`` with ``"section.key=value"`` overrides applied, values typed per key.
+
+    ``sections`` and ``typed(raw, section, key) -> type`` (default :func:`key_type`) let other run configs
+    (classifier, autoencoder) share the parsing; ``typed`` raises for an unknown key."""
+    typed = typed or key_type
     if not isinstance(d, Mapping):
-        raise ValueError(f"expected a mapping of sections ({', '.join(SECTIONS)}), got {type(d).__name__}")
+        raise ValueError(f"expected a mapping of sections ({', '.join(sections)}), got {type(d).__name__}")
     out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in d.items()}
     for item in overrides:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ValueError(f"override {item!r}: expected KEY=VALUE, e.g. model.channels=64")
+            raise ValueError(f"override {item!r}: expected KEY=VALUE (SECTION.KEY=VALUE, e.g. model.channels=64)")
         parts = key.split(".")
         if len(parts) != 2:
-            if parts[0] not in SECTIONS:
-                raise _unknown_key(parts[0], "<top level>", list(SECTIONS))
+            if parts[0] not in sections:
+                raise _unknown_key(parts[0], "<top level>", list(sections))
             raise ValueError(f"override {key!r}: expected SECTION.KEY (e.g. model.channels=64); give a list or "
                              f"mapping value whole, e.g. model.channel_mult=[1,2,2]")
         section, name = parts
-        value = parse_value(text.strip(), key_type(out, section, name), key)
+        if section not in sections:
+            raise _unknown_key(section, "<top level>", list(sections))
+        value = parse_value(text.strip(), typed(out, section, name), key)
         body = out.get(section)
         out[section] = {**(body if isinstance(body, Mapping) else {}), name: value}
     return out

@@ -25,11 +25,11 @@ from typing import Any, Literal
 from torch.utils.data import Subset
 
 from .._utils import check_choice
-from ..config import (DataConfig, OptimConfig, TrainConfig, _plain, _section_from_dict, _unknown_key, build_entry,
-                      key_type, read_config_file)
+from ..config import (DataConfig, OptimConfig, TrainConfig, apply_overrides, build_entry, key_type,
+                      _plain, read_config_file, _section_from_dict, _unknown_key)
 from ..models.autoencoder import AutoencoderConfig
 from ..models.discriminator import DiscriminatorConfig
-from ..options import _hints, option_schema, parse_value
+from ..options import _hints, option_schema
 
 
 @dataclass(frozen=True)
@@ -123,18 +123,7 @@ class AutoencoderTrainConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], overrides: Sequence[str] = ()) -> AutoencoderTrainConfig:
         """Build from the YAML layout, after ``"section.key=value"`` overrides typed per key."""
-        if not isinstance(d, Mapping):
-            raise ValueError(f"expected a mapping of sections ({', '.join(SECTIONS)}), got {type(d).__name__}")
-        d = {k: dict(v) if isinstance(v, Mapping) else v for k, v in d.items()}
-        for item in overrides:
-            key, sep, text = item.partition("=")
-            section, _, name = key.strip().partition(".")
-            if not sep or not name:
-                raise ValueError(f"override {item!r}: expected SECTION.KEY=VALUE, e.g. model.channels=64")
-            if section not in SECTIONS:
-                raise _unknown_key(section, "<top level>", list(SECTIONS))
-            tp = key_type(d, "data", name) if section == "data" else _field_type(section, name)
-            d[section] = {**(d.get(section) or {}), name: parse_value(text.strip(), tp, key.strip())}
+        d = apply_overrides(d, overrides, sections=SECTIONS, typed=_field_type)
         for key in d:
             if key not in SECTIONS:
                 raise _unknown_key(str(key), "<top level>", list(SECTIONS))
@@ -147,7 +136,9 @@ class AutoencoderTrainConfig:
         return out
 
 
-def _field_type(section: str, name: str) -> Any:
+def _field_type(raw: Mapping[str, Any], section: str, name: str) -> Any:
+    if section == "data":  # the diffusion runs' data section: its options are typed by the dataset
+        return key_type(raw, "data", name)
     names = [f.name for f in dataclasses.fields(SECTIONS[section])]
     if name not in names:
         raise _unknown_key(f"{section}.{name}", section, names)

@@ -37,10 +37,11 @@ import yaml
 from torch import Tensor
 
 from .._utils import check_choice, lookup
-from ..config import DataConfig, OptimConfig, ProcessConfig, _section_from_dict, key_type, read_config_file
+from ..config import (DataConfig, OptimConfig, ProcessConfig, _section_from_dict, apply_overrides, key_type,
+                      read_config_file)
 from ..losses import NOISE_LEVELS, NoiseLevels, sample_times
 from ..models.classifier import NoiseClassifier, NoiseClassifierConfig, NoisyClassifier
-from ..options import _hints, build_entry, parse_value
+from ..options import _hints, build_entry
 from ..process import get_process
 from .checkpoint import load_json, load_tensors, load_weights, save_tensors, write_atomic, write_text_atomic
 from .trainer import lr_factor
@@ -113,16 +114,7 @@ def classifier_config_to_dict(config: ClassifierRunConfig) -> dict[str, Any]:
 def classifier_config_from_dict(d: Mapping[str, Any], overrides: Sequence[str] = ()) -> ClassifierRunConfig:
     """Build and validate a :class:`ClassifierRunConfig` from the YAML layout and ``"section.key=value"``
     overrides (typed per key); errors name the key and list the valid ones."""
-    if not isinstance(d, Mapping):
-        raise ValueError(f"expected a mapping of sections ({', '.join(SECTIONS)}), got {type(d).__name__}")
-    raw = {k: dict(v) if isinstance(v, Mapping) else v for k, v in d.items()}
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        section, _, name = key.strip().partition(".")
-        if not sep or not name:
-            raise ValueError(f"override {item!r}: expected SECTION.KEY=VALUE, e.g. train.steps=500")
-        raw[section] = {**(raw.get(section) or {}), name: parse_value(text.strip(), _key_type(raw, section, name),
-                                                                      key.strip())}
+    raw = apply_overrides(d, overrides, sections=SECTIONS, typed=_key_type)
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ValueError(f"unknown key {unknown[0]!r}; valid keys at '<top level>': {', '.join(SECTIONS)}")
@@ -133,8 +125,6 @@ def classifier_config_from_dict(d: Mapping[str, Any], overrides: Sequence[str] =
 
 
 def _key_type(raw: Mapping[str, Any], section: str, name: str) -> Any:
-    if section not in SECTIONS:
-        raise ValueError(f"unknown key {section!r}; valid keys at '<top level>': {', '.join(SECTIONS)}")
     if section in ("data", "process", "optim"):  # the run config's own sections: their options are typed there
         return key_type(raw, section, name)
     fields = [f.name for f in dataclasses.fields(SECTIONS[section])]
