@@ -52,7 +52,7 @@ from ..models.autoencoder import Autoencoder, AutoencoderConfig, compute_latent_
 from ..models.discriminator import PatchDiscriminator, adaptive_weight, disc_factor, hinge_d_loss, hinge_g_loss
 from .autoencoder_config import SECTIONS, AutoencoderTrainConfig, load_autoencoder_config, split_datasets
 from .autoencoder_eval import evaluate_autoencoder, reconstruct, rfid_feature_network, stack_images
-from .checkpoint import (capture_rng, clean_stale, latest_checkpoint, load_checkpoint, load_json, load_tensors,
+from .checkpoint import (capture_rng, clean_stale, latest_checkpoint, load_checkpoint, load_json_format, load_tensors,
                          load_weights, restore_rng, save_checkpoint, save_tensors, write_atomic, write_text_atomic)
 from .data_stream import _LOADER, _NOISE, EpochIndexed, StreamSampler, stream_seeds
 from .runlog import RunLog, save_image_grid
@@ -92,10 +92,7 @@ def load_autoencoder(path: str | os.PathLike[str]) -> Autoencoder:
     if not (p / META).is_file():
         hint = " (training has not finished: the run has checkpoints only)" if (p / CHECKPOINTS).is_dir() else ""
         raise FileNotFoundError(f"{p / META}: missing{hint}")
-    meta = load_json(p / META)
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise ValueError(f"{p / META}: format is {found!r}, expected {FORMAT!r}")
+    meta = load_json_format(p / META, FORMAT)
     try:
         ae = Autoencoder(AutoencoderConfig(**meta["config"]))
     except (KeyError, TypeError, ValueError) as e:

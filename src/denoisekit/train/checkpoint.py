@@ -112,6 +112,15 @@ def load_json(path: str | os.PathLike[str]) -> Any:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
+def load_json_format(path: str | os.PathLike[str], fmt: str) -> dict[str, Any]:
+    """A JSON object whose ``"format"`` is ``fmt`` (our files say what they are); else ``ValueError``."""
+    data = load_json(path)
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{path}: format is {found!r}, expected {fmt!r}")
+    return data
+
+
 # ---------------------------------------------------------------------------------------------
 # Optimiser and RNG state without pickle
 
@@ -250,10 +259,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, weights_only: bool = False)
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint directory {str(path)!r} does not exist")
-    state = load_json(path / STATE_FILE)
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"{path / STATE_FILE}: format is {found!r}, expected {FORMAT!r}")
+    state = load_json_format(path / STATE_FILE, FORMAT)
     if not isinstance(state.get("step"), int) or state["step"] < 0:
         raise ValueError(f"{path / STATE_FILE}: 'step' must be an integer >= 0, got {state.get('step')!r}")
     out: dict[str, Any] = {"step": state["step"], "state": state,

@@ -43,7 +43,8 @@ from ..losses import NOISE_LEVELS, NoiseLevels, sample_times
 from ..models.classifier import NoiseClassifier, NoiseClassifierConfig, NoisyClassifier
 from ..options import _hints, build_entry
 from ..process import get_process
-from .checkpoint import load_json, load_tensors, load_weights, save_tensors, write_atomic, write_text_atomic
+from .checkpoint import (load_json_format, load_tensors, load_weights, save_tensors, write_atomic,
+                         write_text_atomic)
 from .trainer import lr_factor
 
 FORMAT = "denoisekit.noise_classifier/1"
@@ -268,10 +269,7 @@ def load_classifier(path: str | os.PathLike[str], device: Any = "cpu") -> NoisyC
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"classifier directory {str(path)!r} does not exist")
-    meta = load_json(path / META_FILE)
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise ValueError(f"{path / META_FILE}: format is {found!r}, expected {FORMAT!r}")
+    meta = load_json_format(path / META_FILE, FORMAT)
     try:
         config = classifier_config_from_dict(meta["config"])
     except (KeyError, ValueError) as e:
