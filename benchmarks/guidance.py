@@ -28,15 +28,15 @@ import argparse
 import json
 import math
 import platform
-import re
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from _common import write_section  # benchmarks/ is the script's folder
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).with_name("RESULTS.md")
 FIGURE = Path(__file__).with_name("guidance.png")
 SECTION = "## Guidance"
 INTERVAL = (0.28, 2.9)  # Kynkaanniemi et al. 2024's interval for EDM2 (sigma_data 0.5), in VE sigma
@@ -113,7 +113,6 @@ def digits_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def shapes_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from denoisekit.config import load_config
     from denoisekit.eval.alignment import alignment_prompts, rendered_shapes, shapes_attribute_network, text_alignment
     from denoisekit.eval.report import evaluate
     from denoisekit.guidance import ClassifierFreeGuidance
@@ -239,13 +238,6 @@ def summary(rows: list[dict[str, Any]]) -> str:
     return " ".join(out)
 
 
-def write_section(text: str) -> None:
-    body = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    body = pattern.sub(lambda _: text + "\n", body) if pattern.search(body) else body.rstrip() + "\n\n" + text + "\n"
-    RESULTS.write_text(body)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--digits-run", default=str(ROOT / "runs" / "demo"))
@@ -293,7 +285,7 @@ def main() -> None:
         saved.write_text(json.dumps(rows, indent=1, default=float))
     if not args.no_write:
         plot(rows, FIGURE)
-        write_section(text)
+        write_section(text, SECTION)
 
 
 if __name__ == "__main__":

@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import argparse
 import platform
-import re
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from _common import write_section  # benchmarks/ is the script's folder
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## Image-conditioned diffusion"
 TASKS = {"colorize": "palette-colorize", "super_resolution": "palette-sr-8to16", "inpaint": "palette-inpaint"}
 HELD_OUT_SEED = 77_777
@@ -211,13 +211,6 @@ def markdown(rows: list[dict[str, Any]], crows: list[dict[str, Any]], meta: dict
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    body = RESULTS.read_text()
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    body = pattern.sub(lambda _: text + "\n", body) if pattern.search(body) else body.rstrip() + "\n\n" + text + "\n"
-    RESULTS.write_text(body)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", default=str(ROOT / "runs" / "palette"))
@@ -242,7 +235,7 @@ def main() -> None:
     text = markdown(rows, crows, meta)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(text, SECTION)
 
 
 if __name__ == "__main__":

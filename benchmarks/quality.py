@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import re
@@ -72,8 +71,9 @@ import torch
 import yaml
 from torch import Tensor
 
+from _common import diffusers_unet, write_section  # benchmarks/ is the script's folder
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## Quality at equal wall-clock"
 PEER_SCRIPT = Path(__file__).with_name("peers") / "lucidrains_digits.py"
 
@@ -210,25 +210,12 @@ def run_denoisekit(cfg: Any, budget: Budget, n_samples: int, seed: int, work: Pa
 # ------------------------------------------------------------------------------------------ diffusers
 
 
-def diffusers_unet(cfg: Any, size: int, base: int) -> Any:
-    """``UNet2DModel`` with the denoisekit config's layout (levels, blocks, attention levels, heads) at ``base`` width."""
-    from diffusers import UNet2DModel
-
-    o = cfg.model.options
-    mult, attn = list(o["channel_mult"]), set(o.get("attention_levels", ()))
-    down = tuple("AttnDownBlock2D" if i in attn else "DownBlock2D" for i in range(len(mult)))
-    up = tuple("AttnUpBlock2D" if i in attn else "UpBlock2D" for i in reversed(range(len(mult))))
-    return UNet2DModel(sample_size=size, in_channels=1, out_channels=1, layers_per_block=o.get("num_res_blocks", 2),
-                       block_out_channels=tuple(base * m for m in mult), down_block_types=down, up_block_types=up,
-                       norm_num_groups=o.get("norm_groups", 32), attention_head_dim=o.get("head_channels", 32))
-
-
 def diffusers_base(cfg: Any, size: int, target: int) -> int:
     """The base width (a multiple of the GroupNorm groups) whose parameter count is nearest ``target``."""
     g = cfg.model.options.get("norm_groups", 32)
     best = None
     for base in range(g, 257, g):
-        n = n_params(diffusers_unet(cfg, size, base))
+        n = n_params(diffusers_unet(cfg.model.options, size, base))
         if best is None or abs(n - target) < abs(best[1] - target):
             best = (base, n)
         if n > 2 * target:
@@ -250,7 +237,7 @@ def run_diffusers(cfg: Any, data: Tensor, budget: Budget, n_samples: int, seed: 
 
     def setup(total: int) -> tuple[Any, ...]:
         torch.manual_seed(seed)
-        model = diffusers_unet(cfg, size, base)
+        model = diffusers_unet(cfg.model.options, size, base)
         opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
         sched = get_scheduler("cosine", optimizer=opt, num_warmup_steps=capped_warmup(500, total),
                               num_training_steps=total)
@@ -389,14 +376,6 @@ def dk_summary(cfg: Any) -> str:
             f"{cfg.optim.schedule}; EMA {cfg.ema.kind}")
 
 
-def write_section(text: str, path: Path = RESULTS) -> None:
-    """Replace this benchmark's ``## ...`` section of RESULTS.md (or append it), leaving the others alone."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _: text + "\n", old) if pattern.search(old) else old.rstrip() + "\n\n" + text
-    path.write_text(new)
-
-
 def save_grid(images: np.ndarray, path: Path) -> None:
     from denoisekit.train.runlog import save_image_grid
 
@@ -511,7 +490,7 @@ def main() -> None:
     text = markdown(rows, meta)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(text, SECTION)
 
 
 if __name__ == "__main__":

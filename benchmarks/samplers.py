@@ -30,10 +30,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import time
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -46,6 +44,8 @@ from denoisekit.samplers import (dpm_solver, sample_ddim, sample_dpm_solver_1, s
                                  sample_dpmpp_3m, sample_euler, sample_heun, sample_unipc)
 from denoisekit.schedules import get_sigmas, get_sigmas_exponential
 
+from _common import RESULTS, write_section  # benchmarks/ is the script's folder
+
 try:
     from denoisekit.schedule_opt import optimize_sigmas, tuning_batch
 except ImportError:  # written separately; the benchmark runs without it
@@ -53,7 +53,6 @@ except ImportError:  # written separately; the benchmark runs without it
 
 import diffusers  # noqa: E402  (benchmark dependency: pip install denoisekit[bench])
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 ORACLES = {"2-D": {"dim": 2, "components": 8, "seed": 0}, "16-D": {"dim": 16, "components": 8, "seed": 0}}
 EVAL_SEED, TUNE_SEED = 1234, 99
 PROCESS = get_process("ddpm")
@@ -493,14 +492,6 @@ def report(results: dict[str, list[dict[str, Any]]], nfes: tuple[int, ...], pari
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str, path: Path = RESULTS) -> None:
-    """Replace the ``## Samplers`` section of RESULTS.md (up to the next ``## ``), keeping the others."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Samplers\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _: text + "\n", old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    path.write_text(new)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--no-opt", action="store_true", help="skip schedule_opt grids")
@@ -544,7 +535,7 @@ def main() -> None:
     text = report(results, nfes, parities, orders, meta)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(text, "## Samplers")
         print(f"wrote {RESULTS}")
 
 

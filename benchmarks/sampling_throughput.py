@@ -33,7 +33,6 @@ import argparse
 import itertools
 import os
 import platform
-import re
 import statistics
 import time
 from pathlib import Path
@@ -44,8 +43,9 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from _common import diffusers_unet, write_section  # benchmarks/ is the script's folder
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## Sampling throughput"
 PAIRS = {"ddim": ("DDIMScheduler", "ddim"), "dpmpp_2m": ("DPMSolverMultistepScheduler", "dpmpp_2m")}
 
@@ -56,17 +56,6 @@ def model_options(config: Path) -> tuple[dict[str, Any], int]:
     opts.pop("name", None)
     opts.pop("num_classes", None)
     return opts, int(raw.get("data", {}).get("size", 8))
-
-
-def diffusers_unet(opts: dict[str, Any], size: int, base: int) -> nn.Module:
-    from diffusers import UNet2DModel
-
-    mult, attn = list(opts["channel_mult"]), set(opts.get("attention_levels", ()))
-    down = tuple("AttnDownBlock2D" if i in attn else "DownBlock2D" for i in range(len(mult)))
-    up = tuple("AttnUpBlock2D" if i in attn else "UpBlock2D" for i in reversed(range(len(mult))))
-    return UNet2DModel(sample_size=size, in_channels=1, out_channels=1, layers_per_block=opts.get("num_res_blocks", 2),
-                       block_out_channels=tuple(base * m for m in mult), down_block_types=down, up_block_types=up,
-                       norm_num_groups=opts.get("norm_groups", 32), attention_head_dim=opts.get("head_channels", 32))
 
 
 class DiffusersShim(nn.Module):
@@ -172,14 +161,6 @@ def markdown(res: dict[tuple, dict[str, float]], desc: str, meta: dict[str, Any]
     return lines + [""]
 
 
-def write_section(text: str, path: Path = RESULTS) -> None:
-    """Replace this benchmark's ``## ...`` section of RESULTS.md (or append it), leaving the others alone."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _: text + "\n", old) if pattern.search(old) else old.rstrip() + "\n\n" + text
-    path.write_text(new)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--network", default="ours,diffusers", help="comma-separated: ours, diffusers")
@@ -218,7 +199,7 @@ def main() -> None:
     text = "\n".join(head + body).rstrip() + "\n"
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(text, SECTION)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import resource
 import statistics
 import subprocess
@@ -54,7 +53,8 @@ from torch import Tensor, nn
 
 from denoisekit.models.unet import UNet
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
+from _common import RESULTS, write_section  # benchmarks/ is the script's folder
+
 NUM_CLASSES = 10
 
 DIFFUSERS_REF = dict(
@@ -205,14 +205,6 @@ def profile_breakdown(model: nn.Module, batch: tuple[Tensor, ...], passes: int =
     return {k: v / total for k, v in shares.items()}
 
 
-def write_section(text: str, path: Path = RESULTS) -> None:
-    """Replace the ``## U-Net throughput`` section of RESULTS.md (up to the next ``## ``), keeping the others."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## U-Net throughput\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _: text + "\n", old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    path.write_text(new)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=16)
@@ -282,7 +274,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write and not args.quick:
-        write_section(text)
+        write_section(text, "## U-Net throughput")
         print(f"wrote {RESULTS}")
 
 
