@@ -325,9 +325,10 @@ class Config:
             raise ValueError("condition.kind is 'class' but model.num_classes is not set (labels 0..N-1; "
                              "N is the null label of classifier-free guidance)")
         if kind == "text":
-            want = self.condition_options().context_dim
+            text = self.condition_options()
+            want = text.context_dim
             if m.get("context_dim") != want:
-                raise ValueError(f"condition.kind is 'text' with encoder {self.condition_options().encoder!r}: "
+                raise ValueError(f"condition.kind is 'text' with encoder {text.encoder!r}: "
                                  f"model.context_dim must be {want} (the encoder's width), got {m.get('context_dim')}")
         elif m.get("context_dim") is not None:
             raise ValueError(f"model.context_dim={m['context_dim']} (cross-attention) needs condition.kind: text")

@@ -195,8 +195,9 @@ def _restore(args: argparse.Namespace, out: Path, denoiser: Any, config: Any, im
     except ValueError as e:
         raise UsageError(f"--source {args.source}: {e}") from None
     seconds = time.perf_counter() - start
-    shown = conditioner.from_source(source, aug=0.0 if conditioner.task == "super_resolution" else None)["concat"]
-    shown = shown[:, :image_shape[0]].expand(-1, image_shape[0], -1, -1)  # what the model saw, at full size
+    shown = conditioner.shown(conditioner.from_source(source, aug=0.0 if conditioner.task == "super_resolution"
+                                                      else None))
+    err = conditioner.consistency(x, source)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".png":
         rows = [shown, x] + ([truth] if truth is not None else [])
@@ -205,11 +206,10 @@ def _restore(args: argparse.Namespace, out: Path, denoiser: Any, config: Any, im
         from ..data.transforms import tensor_to_uint8
 
         extra = {"truth": tensor_to_uint8(truth)} if truth is not None else {}
-        np.savez_compressed(out, images=tensor_to_uint8(x), source=tensor_to_uint8(shown),
-                            consistency=conditioner.consistency(x, source).numpy(), **extra)
-    err = conditioner.consistency(x, source).mean().item()
+        np.savez_compressed(out, images=tensor_to_uint8(x), source=tensor_to_uint8(shown), consistency=err.numpy(),
+                            **extra)
     print(f"{len(x)} {conditioner.task} results from {args.run} ({sampler}, {nfe} NFE) in {seconds:.1f} s; "
-          f"mean consistency error with the input {err:.4f}; wrote {out}")
+          f"mean consistency error with the input {err.mean().item():.4f}; wrote {out}")
     return 0
 
 

@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
+from .._utils import check_choice
 from .image_condition import ImageConditionConfig, ImageConditioner
 
 #: Width of the MiniLM encoder's token embeddings (``model.context_dim`` of a ``minilm`` text model).
@@ -99,8 +100,6 @@ class TextCondition(NoCondition):
         heads: int = 4
 
         def __post_init__(self) -> None:
-            from .._utils import check_choice
-
             check_choice("encoder", self.encoder, ("minilm", "tokens"))
             for name in ("max_tokens", "cache_size", "vocab_size", "dim", "layers", "heads"):
                 if getattr(self, name) < 1:

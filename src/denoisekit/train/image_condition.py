@@ -144,6 +144,12 @@ class ImageConditioner:
             raise ValueError(f"aug is the super-resolution augmentation level; task {self.task!r} takes none")
         return self._concat(source, generators, aug)
 
+    def shown(self, cond: dict[str, Tensor]) -> Tensor:
+        """The input a model saw, as ``(B, C, H, W)`` images: the grey, upsampled or masked part of
+        ``cond["concat"]`` (for showing beside the output)."""
+        c = self.image_shape[0]
+        return cond["concat"][:, :c].expand(-1, c, -1, -1)
+
     def consistency(self, sample: Tensor, source: Source) -> Tensor:
         """``(B,)`` mean squared disagreement of outputs with their input: grey of the sample vs the grey
         input, the sample downsampled vs the low-res input, or the sample vs the image on known pixels."""

@@ -181,10 +181,10 @@ class Trainer:
         if not isinstance(item, Mapping) or not isinstance(item.get("image"), Tensor):
             raise ValueError(f"dataset {c.data.name!r} must yield dicts with an 'image' tensor, got {type(item).__name__}"
                              + (f" with keys {sorted(item)}" if isinstance(item, Mapping) else ""))
-        needs = {"class": "label", "text": "caption"}.get(c.condition.kind)
-        if needs is not None and not isinstance(item.get(needs), (int, str, Tensor, np.integer)):
-            raise ValueError(f"condition.kind is {c.condition.kind!r} but dataset {c.data.name!r} yields no "
-                             f"{needs!r} (its items have {', '.join(sorted(item))})")
+        for needs in CONDITIONS[c.condition.kind].fields:
+            if not isinstance(item.get(needs), (int, str, Tensor, np.integer)):
+                raise ValueError(f"condition.kind is {c.condition.kind!r} but dataset {c.data.name!r} yields no "
+                                 f"{needs!r} (its items have {', '.join(sorted(item))})")
         classes = getattr(self.dataset, "classes", None)
         if c.condition.kind == "class" and classes is not None and len(classes) > (c.num_classes or 0):
             raise ValueError(f"dataset {c.data.name!r} has {len(classes)} classes but model.num_classes is "
@@ -311,35 +311,32 @@ class Trainer:
         den: Any = self.ema_denoiser()
         kind, device = self.config.condition.kind, self.acc.device
         cond: Any = None
-        nrow = n = 0
+        n, nrow = s.n, math.ceil(math.sqrt(s.n))
         if kind == "class":
             assert self.num_classes is not None
             nrow = max(1, s.n // self.num_classes)
+            n = nrow * self.num_classes
             cond = torch.arange(self.num_classes, device=device).repeat_interleave(nrow)
         elif kind == "text":
             prompts = list(s.prompts) or self._captions(max(1, round(math.sqrt(s.n))))
             nrow = max(1, s.n // len(prompts))
+            n = nrow * len(prompts)
             cond = {"text": [p for p in prompts for _ in range(nrow)]}
         elif kind == "image":
-            nrow = max(1, round(math.sqrt(s.n)))
-            items = [self.dataset[i] for i in range(min(nrow, len(self.dataset)))]
+            items = [self.dataset[i] for i in range(min(max(1, round(math.sqrt(s.n))), len(self.dataset)))]
             x0 = torch.stack([it["image"] for it in items]).float().to(device)
-            gens = seeded_generators(s.seed, len(x0))
+            n = nrow = len(x0)
+            gens = seeded_generators(s.seed, n)
             cond = self.condition.conditioner.from_source(self.condition.conditioner.degrade(x0, gens), gens)
-            nrow = len(x0)
         if kind in ("class", "text") and s.cfg_scale != 1:
             den = ClassifierFreeGuidance(den, s.cfg_scale, self.num_classes)
-        n = (len(cond) if isinstance(cond, Tensor) else len(next(iter(cond.values())))) if cond is not None else s.n
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             x = sample(den, (n, *self.image_shape), sampler=s.sampler, nfe=s.nfe, schedule=s.schedule, cond=cond,
                        generator=seeded_generators(s.seed, n), device=device)
             if self.autoencoder is not None:
                 x = decode(self.autoencoder, x)
         if kind == "image":  # rows: what the model saw, what it made, the original
-            shown = cond["concat"][:, :self.image_shape[0]]  # grey, upsampled or masked input
-            x = torch.cat([shown.expand(-1, self.image_shape[0], -1, -1) if shown.shape[1] == 1 else shown, x, x0])
-        else:
-            nrow = nrow if cond is not None else math.ceil(math.sqrt(n))
+            x = torch.cat([self.condition.conditioner.shown(cond), x, x0])
         path = self.out / SAMPLES / f"step_{self.step:08d}.png"
         path.parent.mkdir(exist_ok=True)
         save_image_grid(x, path, nrow)
