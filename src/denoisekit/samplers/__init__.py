@@ -18,6 +18,7 @@ from .dpm_solver import (sample_dpm_solver_1, sample_dpm_solver_2, sample_dpm_so
                          sample_dpmpp_2m_sde, sample_dpmpp_2s, sample_dpmpp_3m, sample_dpmpp_3m_sde)
 from .flow import sample_flow, sample_flow_euler, sample_flow_heun, sample_flow_rk4
 from .heun import sample_heun
+from .multistep import sample_multistep
 from .pc import sample_pc
 from .unipc import sample_unipc
 
@@ -39,6 +40,7 @@ SAMPLERS: dict[str, tuple[Callable[..., Tensor], dict[str, Any]]] = {
     "dpmpp_3m_sde": (sample_dpmpp_3m_sde, {}),
     "unipc_bh1": (sample_unipc, {"variant": "bh1"}),
     "unipc_bh2": (sample_unipc, {"variant": "bh2"}),
+    "multistep": (sample_multistep, {}),
     "pc": (sample_pc, {}),
     "flow_euler": (sample_flow_euler, {}),
     "flow_heun": (sample_flow_heun, {}),
@@ -61,5 +63,5 @@ __all__ = [
     "sample_ddpm", "sample_euler", "sample_euler_ancestral", "sample_heun", "sample_pc", "sample_flow",
     "sample_flow_euler", "sample_flow_heun", "sample_flow_rk4", "sample_dpm_solver_1", "sample_dpm_solver_2",
     "sample_dpm_solver_3", "sample_dpmpp_2s", "sample_dpmpp_2m", "sample_dpmpp_3m", "sample_dpmpp_2m_sde",
-    "sample_dpmpp_3m_sde", "sample_unipc",
+    "sample_dpmpp_3m_sde", "sample_unipc", "sample_multistep",
 ]
