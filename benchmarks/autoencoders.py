@@ -53,7 +53,8 @@ def main() -> None:
     lines = [SECTION, "", f"`python benchmarks/autoencoders.py` ({time.strftime('%Y-%m-%d')}; torch {torch.__version__}, "
              f"{platform.machine()} CPU). Held-out images: 1000 renders the training never drew (emoji: its test split, "
              "no rFID: there is no built-in emoji feature network). rFID / rKID: reconstructions vs originals in "
-             "the shapes classifier's feature space; floor: other real renders vs the same originals.", "",
+             "the shapes classifier's feature space; floor: other real renders vs the same originals. Train min: wall "
+             "time of the run, one thread, on a machine shared with other runs (a noisy clock).", "",
              "| autoencoder | images | latents | parameters | steps | train min | PSNR dB (mean image) | rFID | rKID | "
              "rFID floor |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name in PRESETS:

@@ -93,6 +93,7 @@ def evaluate_rows(name: str, arms: dict[str, tuple[torch.Tensor, float, dict[str
     for model, (x, rate, info) in arms.items():
         r = evaluate(x, ref, features=features, kid_subset_size=min(1000, len(x)))
         rows.append({"dataset": name, "model": model, "steps": info["steps"], "batch": info["batch"], "sample_ips": rate,
+                     "train_cpu_s": info.get("train_cpu_s") or float("nan"),
                      **{k: r[k] for k in ("fid", "precision", "recall", "density", "coverage")}})
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
     return rows
@@ -180,18 +181,31 @@ def figure(grids: dict[str, dict[str, torch.Tensor]], path: Path) -> None:
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [SECTION, "", f"`python benchmarks/zoo.py` ({meta['date']}; {meta['machine']}). Every model trains for the "
-             f"same CPU budget per dataset (digits {meta['minutes']:g} min, shapes {meta['shapes_minutes']:g} min), "
+             f"same CPU budget per dataset (digits {meta['minutes']:g} min, shapes {meta['shapes_minutes']:g} min; steps from a "
+             "timed probe, the CPU time each actually used is listed), "
              f"unconditional; {meta['n']} samples each; diffusion samples with DPM-Solver++(2M) at {meta['nfe']} NFE. "
              "FID / precision / recall / density / coverage in the dataset's own classifier feature space "
              "(digits: a random n of the 1797 digits, the floor row another n; shapes: held-out renders, the floor row other renders). Sampling img/s on "
              f"{meta['threads']} thread(s), latent rows including decoding. Samples side by side: `benchmarks/zoo.png`.",
-             "", "| dataset | model | training steps (batch) | FID | precision | recall | density | coverage | sampling img/s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "", "| dataset | model | training steps (batch) | training CPU min | FID | precision | recall | density | coverage "
+             "| sampling img/s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         steps = f"{r['steps']} ({r['batch']})" if r["steps"] != "" else ""
         ips = f"{r['sample_ips']:.1f}" if r["sample_ips"] == r["sample_ips"] else ""
-        lines.append(f"| {r['dataset']} | {r['model']} | {steps} | {r['fid']:.2f} | {r['precision']:.3f} | "
+        cpu = f"{r['train_cpu_s'] / 60:.1f}" if r["train_cpu_s"] == r["train_cpu_s"] else ""
+        lines.append(f"| {r['dataset']} | {r['model']} | {steps} | {cpu} | {r['fid']:.2f} | {r['precision']:.3f} | "
                      f"{r['recall']:.3f} | {r['density']:.3f} | {r['coverage']:.3f} | {ips} |")
+    lines.append("")
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        models = [r for r in rows if r["dataset"] == ds and r["steps"] != ""]
+        best = min(models, key=lambda r: r["fid"])
+        fastest = max(models, key=lambda r: r["sample_ips"])
+        lines.append(f"- {ds}: lowest FID {best['fid']:.2f} ({best['model']}, {best['steps']} steps); fastest sampler "
+                     f"{fastest['model']} ({fastest['sample_ips']:.0f} img/s, one network pass per image, against "
+                     f"{meta['nfe']} for diffusion).")
+    lines.append("- Equal CPU time is not equal steps: a model whose step is expensive at this size gets few of them "
+                 "(see the steps column). The VAE's and DCGAN's steps come from a timed probe of their step, which "
+                 "can overestimate it (then they used less CPU than the budget: see the CPU column).")
     notes = meta.get("notes", {})
     if "digits" in notes:
         a = notes["digits"]["ae"]
