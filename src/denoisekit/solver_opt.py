@@ -36,7 +36,7 @@ from torch import Tensor
 
 from ._utils import GeneratorLike
 from .samplers.multistep import check_weights, dpmpp_2m_weights, multistep
-from .schedule_opt import TuningBatch, optimize_sigmas, tuning_batch
+from .schedule_opt import TuningBatch, _rows, optimize_sigmas, tuning_batch
 from .schedules import check_sigmas
 
 FORMAT = "denoisekit.solver"
@@ -128,8 +128,7 @@ def optimize_solver(denoiser: Any, nfe: int, *, sigma_min: float, sigma_max: flo
 
     def loss_on(idx: Tensor | None, sigmas: Tensor, w: Sequence[Tensor]) -> Tensor:
         y, r = (y_T, ref) if idx is None else (y_T[idx], ref[idx])
-        c = cond[idx] if idx is not None and isinstance(cond, Tensor) and cond.ndim and cond.shape[0] == n else cond
-        out = multistep(denoiser, y, sigmas.to(y.device), w, cond=c)
+        out = multistep(denoiser, y, sigmas.to(y.device), w, cond=cond if idx is None else _rows(cond, idx, n))
         return (out - r).reshape(out.shape[0], -1).to(torch.float64).norm(dim=1).mean()
 
     for it in range(iters):

@@ -24,12 +24,16 @@ def sigma_list(sigmas: Tensor, *, increasing: bool = False) -> list[float]:
     return check_sigmas(sigmas, increasing=increasing).tolist()
 
 
-def denoise(denoiser: DenoiserFn, x: Tensor, sigma: float, cond: Any, step: int) -> Tensor:
-    """Call the denoiser at one noise level; a NaN or inf in its output is an error naming the step."""
-    s = torch.full((x.shape[0],), sigma, dtype=torch.float64, device=x.device)
+def denoise(denoiser: DenoiserFn, x: Tensor, sigma: float | Tensor, cond: Any, step: int) -> Tensor:
+    """Call the denoiser at one noise level (a float, or a 0-d tensor that gradients flow through); a NaN or
+    inf in its output is an error naming the step."""
+    if isinstance(sigma, Tensor):
+        s = sigma.to(torch.float64).expand(x.shape[0])
+    else:
+        s = torch.full((x.shape[0],), sigma, dtype=torch.float64, device=x.device)
     out = denoiser(x, s, cond)
     if not torch.isfinite(out).all():
-        raise FloatingPointError(f"denoiser returned NaN/inf at step {step} (sigma={sigma:.6g})")
+        raise FloatingPointError(f"denoiser returned NaN/inf at step {step} (sigma={float(sigma):.6g})")
     return out
 
 

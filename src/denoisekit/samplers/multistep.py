@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .._utils import GeneratorLike
 from ..schedules import check_sigmas
-from ._common import Callback, DenoiserFn, notify
+from ._common import Callback, DenoiserFn, denoise, notify
 
 
 def dpmpp_2m_weights(sigmas: Tensor | Sequence[float]) -> list[Tensor]:
@@ -62,9 +62,7 @@ def multistep(denoiser: DenoiserFn, x: Tensor, sigmas: Tensor, weights: Sequence
     history: list[Tensor] = []
     for i in range(sigmas.shape[0] - 1):
         sigma, nxt = sigmas[i], sigmas[i + 1]
-        d = denoiser(x, sigma.to(torch.float64).expand(x.shape[0]), cond)
-        if not torch.isfinite(d).all():
-            raise FloatingPointError(f"denoiser returned NaN/inf at step {i} (sigma={float(sigma):.6g})")
+        d = denoise(denoiser, x, sigma, cond, i)
         history.append(d)
         pred = d
         for j in range(i):
