@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from _common import cpu_seconds_per_call, generate, train_diffusion, write_section
+from _common import RunSampler, cpu_seconds_per_call, generate, shapes_renders, train_diffusion, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Latent vs pixel diffusion"
@@ -46,11 +46,7 @@ ARMS = ("pixel", "latent")
 
 def held_out(n: int, seed: int = HELD_OUT_SEED) -> torch.Tensor:
     """``n`` renders ``(n, 3, 64, 64)`` in [-1, 1] of the training distribution (1-3 shapes) from ``seed``."""
-    from denoisekit.data.transforms import uint8_to_tensor
-    from denoisekit.eval.alignment import rendered_shapes
-
-    images, _ = rendered_shapes(n, seed, SIZE, max_shapes=3)
-    return torch.stack([uint8_to_tensor(im) for im in images])
+    return shapes_renders(n, seed, SIZE, 3)
 
 
 def metrics(x: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
@@ -105,14 +101,13 @@ def samples(arm: str, runs: Path, n: int, nfe: int) -> np.ndarray:
 
 
 def sampling_rates(runs: Path, nfe: int, batch: int, rounds: int = 3) -> dict[str, float]:
-    """Images/s of each arm's sampling (decoding included), the arms alternating; best of ``rounds``."""
-    best = {arm: float("inf") for arm in ARMS}
+    """Images/s of each arm's sampling (decoding included, loading not), the arms alternating; best of ``rounds``."""
+    samplers = {arm: RunSampler(runs / arm) for arm in ARMS}
+    best = {arm: 0.0 for arm in ARMS}
     for _ in range(rounds):
         for arm in ARMS:
-            t0 = time.perf_counter()
-            generate(runs / arm, batch, nfe=nfe, seed=10_000, batch=batch)
-            best[arm] = min(best[arm], time.perf_counter() - t0)
-    return {arm: batch / s for arm, s in best.items()}
+            best[arm] = max(best[arm], samplers[arm].rate(batch, nfe=nfe))
+    return best
 
 
 def n_params(run: Path) -> int:

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from _common import train_diffusion, write_section  # benchmarks/ is the script's folder
+from _common import shapes_renders, train_diffusion, write_section  # benchmarks/ is the script's folder
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Image-conditioned diffusion"
@@ -51,11 +51,7 @@ def preset(name: str, *overrides: str) -> Any:
 
 
 def held_out(n: int, size: int, max_shapes: int) -> torch.Tensor:
-    from denoisekit.data.transforms import uint8_to_tensor
-    from denoisekit.eval.alignment import rendered_shapes
-
-    images, _ = rendered_shapes(n, HELD_OUT_SEED, size, max_shapes=max_shapes)
-    return torch.stack([uint8_to_tensor(im) for im in images])
+    return shapes_renders(n, HELD_OUT_SEED, size, max_shapes)
 
 
 def baseline(task: str, conditioner: Any, source: Any) -> torch.Tensor:

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 import latent
-from _common import generate, train_diffusion, write_section
+from _common import RunSampler, train_diffusion, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Generative-model zoo"
@@ -76,15 +76,6 @@ def baseline_rate(model: torch.nn.Module, n: int) -> float:
     return samples_per_second(model, n=n, batch_size=n)
 
 
-def diffusion_rate(run: Path, nfe: int, n: int, rounds: int = 3) -> float:
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        generate(run, n, nfe=nfe, seed=10_000, batch=n)
-        best = min(best, time.perf_counter() - t0)
-    return n / best
-
-
 def evaluate_rows(name: str, arms: dict[str, tuple[torch.Tensor, float, dict[str, Any]]], ref: Any,
                   features: Any) -> list[dict[str, Any]]:
     from denoisekit.eval.report import evaluate
@@ -120,7 +111,8 @@ def digits_rows(args: argparse.Namespace, runs: Path) -> tuple[list[dict[str, An
                                  ("latent diffusion", "digits-latent", [f"latent.autoencoder={ae_dir}"])):
         run = runs / "digits" / model.split()[0]
         info = train_diffusion(load_config(ROOT / "configs" / f"{preset}.yaml", uncond + extra), run, seconds)
-        arms[model] = (generate(run, args.n, nfe=args.nfe), diffusion_rate(run, args.nfe, 256), info)
+        draw = RunSampler(run)
+        arms[model] = (draw(args.n, nfe=args.nfe), draw.rate(256, nfe=args.nfe, rounds=3), info)
     from denoisekit.data.digits import DigitsDataset
 
     every = DigitsDataset(size=8, split="all").images  # reference and floor: disjoint random halves' first n
@@ -147,7 +139,7 @@ def shapes_rows(args: argparse.Namespace, runs: Path) -> tuple[list[dict[str, An
     for arm in latent.ARMS:
         info = train_diffusion(latent.arm_config(arm, bench, args.quick), bench / arm, seconds)
         x = torch.stack([uint8_to_tensor(im) for im in latent.samples(arm, bench, args.n, args.nfe)])
-        arms[f"{arm} diffusion"] = (x, diffusion_rate(bench / arm, args.nfe, 16), info)
+        arms[f"{arm} diffusion"] = (x, RunSampler(bench / arm).rate(16, nfe=args.nfe, rounds=3), info)
     arms["real renders (floor)"] = (latent.held_out(args.n, latent.REAL_SEED), float("nan"), {"steps": "", "batch": ""})
     rows = evaluate_rows("shapes 64x64", arms, latent.held_out(args.n), shapes_attribute_network(latent.SIZE))
     return rows, {m: a[0][:16] for m, a in arms.items()}, {"ae": ae}
