@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 RUN   ?= runs/moons
 DEMO  ?= runs/demo
 
-.PHONY: demo demo2d test bench install clean fonts peers
+.PHONY: demo demo2d test test-fast bench install clean fonts peers
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ demo2d: $(STAMP)
 
 test: $(STAMP) fonts
 	$(BIN)/python -m pytest
+
+# The tests that train no network (under a minute on 2 cores); `make test` runs these and the slow ones.
+test-fast: $(STAMP) fonts
+	$(BIN)/python -m pytest -m "not slow"
 
 # The emoji dataset's font (Debian's fonts-noto-color-emoji); needs root, else its tests skip with a hint.
 fonts:

@@ -52,7 +52,7 @@ def cpu_seconds_per_call(step: Callable[[], Any], n: int = 8, warmup: int = 2) -
 
 def steps_for(config: Any, seconds: float, probe_dir: Path, minimum: int = 20) -> int:
     """Training steps of a diffusion ``config`` that fit in ``seconds`` of CPU time / threads (timed probe)."""
-    from denoisekit.config import config_from_dict, config_to_dict
+    from denoisekit.train.config import config_from_dict, config_to_dict
     from denoisekit.train.trainer import Trainer
 
     d = config_to_dict(config)
@@ -64,7 +64,7 @@ def steps_for(config: Any, seconds: float, probe_dir: Path, minimum: int = 20) -
 
 def with_steps(config: Any, steps: int) -> Any:
     """``config`` trained for ``steps`` (warm-up capped at a tenth of the run, one checkpoint at the end)."""
-    from denoisekit.config import config_from_dict, config_to_dict
+    from denoisekit.train.config import config_from_dict, config_to_dict
 
     d = config_to_dict(config)
     d["train"].update(steps=steps, save_every=0)
@@ -81,8 +81,9 @@ def train_diffusion(config: Any, out: Path, seconds: float) -> dict[str, Any]:
 
     import torch
 
-    from denoisekit.train.checkpoint import latest_checkpoint
-    from denoisekit.train.trainer import load_run, train_from_config
+    from denoisekit.engine.checkpoint import latest_checkpoint
+    from denoisekit.train.trainer import train_from_config
+    from denoisekit.train.run import load_run
 
     meta = out / "budget.json"
     if latest_checkpoint(out / "checkpoints") is not None:  # trained before: reuse
@@ -102,34 +103,27 @@ def train_diffusion(config: Any, out: Path, seconds: float) -> dict[str, Any]:
 
 
 class RunSampler:
-    """A trained run loaded once (denoiser, and its decoder when it is a latent run) to draw unconditional images."""
+    """A trained run loaded once (:func:`~denoisekit.train.run.load_model`: denoiser, and the decoder of a latent run)
+    to draw unconditional images with :func:`~denoisekit.generation.generate`."""
 
     def __init__(self, run: Path) -> None:
-        from denoisekit.train.latent import load_latent_decoder
-        from denoisekit.train.trainer import load_run, run_info
+        from denoisekit.train.run import load_model
 
-        self.denoiser, self.config = load_run(run)
-        self.decoder = load_latent_decoder(run)
-        self.shape = run_info(run)["image_shape"]
+        self.model = load_model(run)
+        self.config, self.shape = self.model.config, self.model.image_shape
 
     def __call__(self, n: int, *, nfe: int, seed: int = 0, batch: int = 100, sampler: str = "dpmpp_2m",
-                 schedule: str = "karras") -> Any:
-        """``n`` images ``(n, C, H, W)`` in [-1, 1] (decoded for a latent run); sample ``i`` draws from generator
-        ``seed + i`` whatever the batch."""
+                 schedule: str | None = None) -> Any:
+        """``n`` images ``(n, C, H, W)`` in [-1, 1] (decoded for a latent run), unguided, on ``schedule`` (default: the
+        run's ``sample.schedule``); sample ``i`` draws from generator ``seed + i`` whatever the batch."""
         import torch
 
-        from denoisekit._utils import seeded_generators
-        from denoisekit.sampling import sample
-        from denoisekit.train.latent import decode
+        from denoisekit.generation import Guidance, generate
 
-        gens = seeded_generators(seed, n)
-        out = []
         with torch.no_grad():
-            for i in range(0, n, batch):
-                g = gens[i:i + batch]
-                x = sample(self.denoiser, (len(g), *self.shape), sampler=sampler, nfe=nfe, schedule=schedule, generator=g)
-                out.append(decode(self.decoder, x) if self.decoder is not None else x.clamp(-1, 1))
-        return torch.cat(out)
+            x = generate(self.model, n, sampler=sampler, nfe=nfe, schedule=schedule, guidance=Guidance(), seed=seed,
+                         batch_size=batch)
+        return x.clamp(-1, 1)
 
     def rate(self, n: int, *, nfe: int, rounds: int = 1) -> float:
         """Images/s of drawing ``n`` images in one batch (decoding included, loading not), best of ``rounds``."""

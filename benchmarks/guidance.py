@@ -44,7 +44,7 @@ INTERVAL = (0.28, 2.9)  # Kynkaanniemi et al. 2024's interval for EDM2 (sigma_da
 
 def ensure_run(config: str, out: Path, threads: int) -> Path:
     from denoisekit.train.trainer import train_from_config
-    from denoisekit.train.checkpoint import latest_checkpoint
+    from denoisekit.engine.checkpoint import latest_checkpoint
 
     if latest_checkpoint(out / "checkpoints") is None:
         print(f"training {config} into {out} ...", flush=True)
@@ -62,47 +62,43 @@ def ensure_classifier(out: Path, threads: int) -> Path:
     return out
 
 
-def draw(den: Any, shape: tuple[int, ...], cond: Any, n: int, args: argparse.Namespace) -> torch.Tensor:
-    from denoisekit._utils import seeded_generators
-    from denoisekit.sampling import sample
+def draw(model: Any, guidance: Any, cond: Any, n: int, args: argparse.Namespace) -> torch.Tensor:
+    """``n`` images of a loaded run with ``guidance`` for ``cond`` (labels or prompts); image i uses seed + i."""
+    from denoisekit.generation import generate
 
-    gens = seeded_generators(args.seed, n)
-    out = []
-    for i in range(0, n, args.batch):
-        j = min(n, i + args.batch)
-        c = None if cond is None else cond[i:j] if isinstance(cond, torch.Tensor) else {"text": cond[i:j]}
-        with torch.no_grad():
-            out.append(sample(den, (j - i, *shape), sampler=args.sampler, nfe=args.nfe, schedule="karras", cond=c,
-                              generator=gens[i:j]).clamp(-1, 1))
-    return torch.cat(out)
+    cond = {"text": list(cond)} if isinstance(cond, (list, tuple)) else cond
+    with torch.no_grad():
+        return generate(model, n, cond, sampler=args.sampler, nfe=args.nfe, guidance=guidance, seed=args.seed,
+                        batch_size=args.batch).clamp(-1, 1)  # on the run's grid (sample.schedule)
 
 
-def methods(scales: list[float], cg_scales: list[float]) -> list[tuple[str, str, float, dict[str, Any]]]:
-    rows = [("CFG", "cfg", s, {}) for s in scales]
-    rows += [("CFG + rescale 0.7", "cfg", s, {"rescale": 0.7}) for s in scales if s != 1]
-    rows += [(f"CFG in ({INTERVAL[0]:g}, {INTERVAL[1]:g}]", "cfg", s, {"interval": INTERVAL}) for s in scales if s != 1]
-    rows += [("classifier guidance", "cg", s, {}) for s in cg_scales]
+def methods(scales: list[float], cg_scales: list[float], classifier: Any = None) -> list[tuple[str, float, Any]]:
+    """``(method, scale, Guidance)`` rows: CFG plain, rescaled and on an interval; classifier guidance of the
+    model's unconditional mode (its labels go to the classifier only)."""
+    from denoisekit.generation import Guidance
+
+    rows = [("CFG", s, Guidance(cfg_scale=s)) for s in scales]
+    rows += [("CFG + rescale 0.7", s, Guidance(cfg_scale=s, rescale=0.7)) for s in scales if s != 1]
+    rows += [(f"CFG in ({INTERVAL[0]:g}, {INTERVAL[1]:g}]", s, Guidance(cfg_scale=s, interval=INTERVAL))
+             for s in scales if s != 1]
+    rows += [("classifier guidance", s, Guidance(classifier=classifier, classifier_scale=s,
+                                                 classifier_conditional=False)) for s in cg_scales]
     return rows
 
 
 def digits_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     from denoisekit.eval.report import evaluate
-    from denoisekit.guidance import ClassifierFreeGuidance, ClassifierGuidance
     from denoisekit.train.classifier import load_classifier
-    from denoisekit.train.trainer import load_run, run_info
+    from denoisekit.train.run import load_model
 
-    run = ensure_run("configs/digits-demo.yaml", Path(args.digits_run), args.threads)
+    model = load_model(ensure_run("configs/digits-demo.yaml", Path(args.digits_run), args.threads))
     clf = load_classifier(ensure_classifier(Path(args.classifier), args.threads))
-    den, cfg = load_run(run)
-    shape = run_info(run)["image_shape"]
     n = args.n_digits
     labels = torch.arange(10).repeat_interleave(math.ceil(n / 10))[:n]
     rows = []
-    for name, kind, scale, opts in methods(args.scales, args.cg_scales):
-        g = (ClassifierFreeGuidance(den, scale, cfg.num_classes, **opts) if kind == "cfg"
-             else ClassifierGuidance(den, clf, scale))  # the model's unconditional mode, guided by the classifier
+    for name, scale, guidance in methods(args.scales, args.cg_scales, clf):
         t0 = time.perf_counter()
-        x = draw(g, shape, labels, n, args)
+        x = draw(model, guidance, labels, n, args)
         seconds = time.perf_counter() - t0
         m = evaluate(x, "digits", labels=labels)
         rows.append({"data": "digits", "method": name, "scale": scale, "accuracy": m["classifier_accuracy"],
@@ -115,27 +111,23 @@ def digits_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
 def shapes_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     from denoisekit.eval.alignment import alignment_prompts, rendered_shapes, shapes_attribute_network, text_alignment
     from denoisekit.eval.report import evaluate
-    from denoisekit.guidance import ClassifierFreeGuidance
-    from denoisekit.train.trainer import load_run, run_info
+    from denoisekit.train.run import load_model
 
-    run = ensure_run("configs/shapes-text.yaml", Path(args.text_run), args.threads)
-    den, cfg = load_run(run)
-    shape = run_info(run)["image_shape"]
-    data = cfg.data.options
+    model = load_model(ensure_run("configs/shapes-text.yaml", Path(args.text_run), args.threads))
+    shape, data = model.image_shape, model.config.data.options
     net = shapes_attribute_network(shape[-1])
     n = args.n_text
     real, captions = rendered_shapes(n, 10_000 + args.seed, shape[-1], max_shapes=data.get("max_shapes", 3),
                                      holdout=tuple(data.get("holdout", ())))
     unseen = alignment_prompts("unseen", n, seed=args.seed, holdout=tuple(data.get("holdout", ())))
     rows = []
-    for name, kind, scale, opts in methods(args.text_scales, []):
-        g = ClassifierFreeGuidance(den, scale, None, **opts)
+    for name, scale, guidance in methods(args.text_scales, []):
         t0 = time.perf_counter()
-        x = draw(g, shape, captions, n, args)
+        x = draw(model, guidance, captions, n, args)
         seconds = time.perf_counter() - t0
         seen = text_alignment(x, captions, net)
         # Unseen pairs for plain CFG only (it halves the run; the variants' trend follows from the seen rows).
-        new = (text_alignment(draw(g, shape, unseen, n, args), unseen, net) if name == "CFG"
+        new = (text_alignment(draw(model, guidance, unseen, n, args), unseen, net) if name == "CFG"
                else {"alignment": float("nan")})
         m = evaluate(x, real, features=net)
         rows.append({"data": "shapes", "method": name, "scale": scale, "alignment": seen["alignment"],
@@ -190,7 +182,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     best = best_fid(rows)
     lines = [SECTION, "",
              f"`python benchmarks/guidance.py` ({meta['date']}; {meta['machine']}; {meta['sampler']} at {meta['nfe']} NFE "
-             f"on a Karras grid; {meta['n_digits']} digits and {meta['n_text']} shapes samples per point, the same "
+             f"on the runs' grids (their sample.schedule: Karras); {meta['n_digits']} digits and {meta['n_text']} shapes samples per point, the same "
              f"seeds at every point; {meta['total_s']:.0f} s). Guidance scale 1 is the unguided conditional model; "
              f"classifier guidance acts on the model's unconditional mode (scale 0 = unconditional). FID in the "
              f"feature space of denoisekit's digits network / shapes attribute network. **Bold**: the best FID of "

@@ -71,7 +71,7 @@ def autoencoder(runs: Path, steps: int | None) -> dict[str, Any]:
 
 
 def arm_config(arm: str, runs: Path, quick: bool) -> Any:
-    from denoisekit.config import load_config
+    from denoisekit.train.config import load_config
 
     overrides = ["sample.n=0"] + ([f"latent.autoencoder={runs / 'ae-f4'}"] if arm == "latent" else [])
     overrides += ["data.length=2000", "model.channels=32"] if quick else []
@@ -111,7 +111,7 @@ def sampling_rates(runs: Path, nfe: int, batch: int, rounds: int = 3) -> dict[st
 
 
 def n_params(run: Path) -> int:
-    from denoisekit.train.trainer import load_run
+    from denoisekit.train.run import load_run
 
     return sum(p.numel() for p in load_run(run)[0].parameters())
 
@@ -185,7 +185,7 @@ def main() -> None:
                      "train_ips": b["batch"] / b["seconds_per_step"], "sample_ips": rates[arm], **metrics(torch.as_tensor(x), ref)}
         print(arm, {k: v for k, v in rows[arm].items() if k != "label"}, flush=True)
     from denoisekit.data.transforms import uint8_to_tensor
-    from denoisekit.train.runlog import save_image_grid
+    from denoisekit.engine.runlog import save_image_grid
 
     figure = runs / "pixel_vs_latent.png" if args.quick or args.no_write else Path(__file__).with_name("latent.png")
     grid = [torch.stack([uint8_to_tensor(im) for im in samples(arm, runs, args.n, args.nfe)[:16]]) for arm in ARMS]

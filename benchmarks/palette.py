@@ -35,7 +35,7 @@ HELD_OUT_SEED = 77_777
 
 
 def train(config: Any, out: Path) -> Path:
-    from denoisekit.train.checkpoint import latest_checkpoint
+    from denoisekit.engine.checkpoint import latest_checkpoint
     from denoisekit.train.trainer import train_from_config
 
     if latest_checkpoint(out / "checkpoints") is None:
@@ -45,7 +45,7 @@ def train(config: Any, out: Path) -> Path:
 
 
 def preset(name: str, *overrides: str) -> Any:
-    from denoisekit.config import load_config
+    from denoisekit.train.config import load_config
 
     return load_config(ROOT / "configs" / f"{name}.yaml", overrides)
 
@@ -77,22 +77,19 @@ def fid(x: torch.Tensor, ref: torch.Tensor) -> float:
 def restoration_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     from denoisekit._utils import seeded_generators
     from denoisekit.pipelines.palette import restore
-    from denoisekit.train.image_condition import ImageConditioner
-    from denoisekit.train.trainer import load_run, run_info
+    from denoisekit.train.run import load_model
 
     rows = []
     for task, name in TASKS.items():
         cfg = preset(name, *([f"train.steps={args.steps}"] if args.steps else []))
-        run = train(cfg, Path(args.runs) / name)
-        den, cfg = load_run(run)
-        shape = run_info(run)["image_shape"]
-        cond = ImageConditioner(cfg.condition_options(), shape)
+        model = load_model(train(cfg, Path(args.runs) / name))
+        cfg, shape, cond = model.config, model.image_shape, model.condition.conditioner
         truth = held_out(args.n, shape[-1], cfg.data.options.get("max_shapes", 3))
         gens = seeded_generators(0, args.n)
         source = cond.degrade(truth, gens)
         t0 = time.perf_counter()
         with torch.no_grad():
-            x = restore(den, cond, source, sampler="dpmpp_2m", nfe=args.nfe, schedule="karras", generator=gens)
+            x = restore(model, cond, source, sampler="dpmpp_2m", nfe=args.nfe, generator=gens)  # the run's grid
         seconds = time.perf_counter() - t0
         ref = held_out(args.n, shape[-1], cfg.data.options.get("max_shapes", 3))  # same renders: FID to the truth set
         for label, out in (("Palette", x), (BASELINES[task], baseline(task, cond, source))):
@@ -108,13 +105,11 @@ BASELINES = {"colorize": "grey as RGB", "super_resolution": "bicubic", "inpaint"
 
 
 def cascade_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
-
     from denoisekit._utils import seeded_generators
-    from denoisekit.config import config_from_dict, config_to_dict
+    from denoisekit.generation import Guidance, generate
     from denoisekit.pipelines.palette import cascade
-    from denoisekit.sampling import sample
-    from denoisekit.train.image_condition import ImageConditioner
-    from denoisekit.train.trainer import load_run
+    from denoisekit.train.config import config_from_dict, config_to_dict
+    from denoisekit.train.run import load_model
 
     budget = args.minutes * 60
 
@@ -135,19 +130,18 @@ def cascade_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
         out = work / name.replace(" ", "_").replace(">", "").replace("-", "")
         info = train_diffusion(cfg, out, budget * share)
         print(f"{name}: {info['steps']} steps", flush=True)
-        den, cfg = load_run(out)
-        runs[name] = (den, cfg, cfg.train.steps)
+        model = load_model(out)
+        runs[name] = (model, model.config, model.config.train.steps)
     n = args.n
     ref = held_out(n, 32, 2)
     gens = seeded_generators(1, n)
-    stages = [(runs[k][0], ImageConditioner(runs[k][1].condition_options(), (3, s, s)))
-              for k, s in (("SR 8->16", 16), ("SR 16->32", 32))]
+    stages = [(runs[k][0], runs[k][0].condition.conditioner) for k in ("SR 8->16", "SR 16->32")]
     with torch.no_grad():
         base, mid, top = cascade(runs["base 8x8"][0], None, stages, n, sampler="dpmpp_2m", nfe=args.nfe,
-                                 schedule="karras", generator=gens)
-        direct = sample(runs["direct 32x32"][0], (n, 3, 32, 32), sampler="dpmpp_2m", nfe=args.nfe, schedule="karras",
-                        generator=seeded_generators(1, n)).clamp(-1, 1)
-    from denoisekit.train.runlog import save_image_grid
+                                 generator=gens)  # each run on its own grid (sample.schedule)
+        direct = generate(runs["direct 32x32"][0], n, sampler="dpmpp_2m", nfe=args.nfe, guidance=Guidance(),
+                          seed=1).clamp(-1, 1)
+    from denoisekit.engine.runlog import save_image_grid
 
     save_image_grid(torch.cat([top[:16], direct[:16]]), work / "cascade_vs_direct.png", 16)
     steps = {k: v[2] for k, v in runs.items()}

@@ -155,7 +155,7 @@ class Stream:
 
 def denoisekit_config(path: Path, batch: int) -> Any:
     """The config at ``path`` made unconditional (no class embedding, no guidance), no sample grids."""
-    from denoisekit.config import config_from_dict
+    from denoisekit.train.config import config_from_dict
 
     raw = yaml.safe_load(path.read_text())
     raw["model"].pop("num_classes", None)
@@ -167,10 +167,9 @@ def denoisekit_config(path: Path, batch: int) -> Any:
 
 def run_denoisekit(cfg: Any, budget: Budget, n_samples: int, seed: int, work: Path,
                    extra_nfe: list[int]) -> list[dict[str, Any]]:
-    from denoisekit.config import config_from_dict, config_to_dict
-    from denoisekit.sampling import sample
+    from denoisekit.generation import Guidance, generate
+    from denoisekit.train.config import config_from_dict, config_to_dict
     from denoisekit.train.trainer import Trainer
-    from denoisekit._utils import seeded_generators
 
     def with_steps(steps: int, warmup: int | None = None) -> Any:
         d = config_to_dict(cfg)
@@ -189,14 +188,13 @@ def run_denoisekit(cfg: Any, budget: Budget, n_samples: int, seed: int, work: Pa
         start = budget.now()
         while trainer.step < steps and budget.now() - start < budget.seconds:
             loss = float(trainer.train_step()[0])
-    den = trainer.ema_denoiser().eval().requires_grad_(False)
+    model = trainer.recipe.loaded_model(trainer)  # the EMA network
+    model.denoiser.eval().requires_grad_(False)
     s = cfg.sample
-    shape = (n_samples, *trainer.image_shape)
     rows = []
     for nfe in [s.nfe, *extra_nfe]:
         with torch.no_grad(), Meter() as ms:
-            x = sample(den, shape, sampler=s.sampler, nfe=nfe, schedule=s.schedule,
-                       generator=seeded_generators(seed, n_samples))
+            x = generate(model, n_samples, nfe=nfe, guidance=Guidance(), seed=seed, batch_size=n_samples)
         rows.append(dict(name="denoisekit" if nfe == s.nfe else f"denoisekit (NFE {nfe})",
                          library="denoisekit", torch=torch.__version__, params=n_params(trainer.raw_net),
                          steps=trainer.step, planned_steps=steps, images_seen=trainer.step * cfg.train.batch_size,
@@ -377,7 +375,7 @@ def dk_summary(cfg: Any) -> str:
 
 
 def save_grid(images: np.ndarray, path: Path) -> None:
-    from denoisekit.train.runlog import save_image_grid
+    from denoisekit.engine.runlog import save_image_grid
 
     x = torch.from_numpy(images[:100]).permute(0, 3, 1, 2).float() / 127.5 - 1
     save_image_grid(x, path, 10)
@@ -424,13 +422,13 @@ def main() -> None:
     raw_batch = yaml.safe_load(config.read_text())["train"].get("batch_size", 128)
     cfg = denoisekit_config(config, raw_batch)
     if args.size:
-        from denoisekit.config import config_from_dict, config_to_dict
+        from denoisekit.train.config import config_from_dict, config_to_dict
         d = config_to_dict(cfg)
         d["data"]["size"] = args.size
         cfg = config_from_dict(d)
     size = cfg.data.options.get("size", 8)
     data = DigitsDataset(size=size, split="train").images  # the trainer's data, for the peers
-    from denoisekit.config import build_model
+    from denoisekit.train.build import build_model
     target = n_params(build_model(cfg))
     budget = Budget(args.minutes * 60, args.clock, args.threads)
     out = Path(args.out)

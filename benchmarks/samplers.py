@@ -16,7 +16,7 @@ Setup (all float64, CPU):
 
 denoisekit: every deterministic sampler x schedule (karras rho=7 and exponential on [sigma_min,
 sigma_max] of the process; exponential is also the uniform log-SNR grid; trailing, linspace and
-leading uniform-t spacings), plus grids from :func:`denoisekit.schedule_opt.optimize_sigmas` when that
+leading uniform-t spacings), plus grids from :func:`denoisekit.samplers.tuning.grid.optimize_sigmas` when that
 module exists, tuned (mean L2 objective) on a separate batch of 4096 start noises (seed 99), never on
 the evaluation batch. diffusers: each scheduler in every spacing / sigma family it offers; a table
 reports its best.
@@ -46,8 +46,8 @@ from denoisekit.schedules import get_sigmas, get_sigmas_exponential
 
 from _common import RESULTS, write_section  # benchmarks/ is the script's folder
 
-from denoisekit.schedule_opt import optimize_sigmas, tuning_batch
-from denoisekit.solver_opt import optimize_solver
+from denoisekit.samplers.tuning.grid import optimize_sigmas, tuning_batch
+from denoisekit.samplers.tuning.solver import optimize_solver
 
 import diffusers  # noqa: E402  (benchmark dependency: pip install denoisekit[bench])
 

@@ -89,7 +89,7 @@ def make_runs(network: str, config: Path, batches: list[int], nfes: list[int]) -
     from denoisekit import get_process
     from denoisekit.compat.diffusers import ddpm_config
     from denoisekit.prediction import Denoiser
-    from denoisekit.sampling import sample
+    from denoisekit.samplers.run import sample
 
     net, unet, desc, size = build(network, config)
     process = get_process("ddpm")

@@ -46,11 +46,11 @@ MODELS = ("VAE", "DCGAN", "pixel diffusion", "latent diffusion")
 
 def train_baseline(model: str, data: str, options: dict[str, Any], seconds: float, out: Path, batch: int) -> Any:
     """A VAE or DCGAN trained for ``seconds`` of CPU time (steps from a timed probe), or the run already in ``out``."""
-    from denoisekit.train.checkpoint import latest_checkpoint
+    from denoisekit.engine.checkpoint import latest_checkpoint
     from denoisekit.train.zoo import ZooConfig, load_images, load_zoo, train_zoo
 
     meta = out / "budget.json"
-    if latest_checkpoint(out) is not None and meta.is_file():
+    if (latest_checkpoint(out / "checkpoints") or latest_checkpoint(out)) is not None and meta.is_file():
         return load_zoo(out), json.loads(meta.read_text())
     images = load_images(data, options)
     probe_cfg = ZooConfig(model=model.lower(), data=data, data_options=options, batch=batch, steps=1)
@@ -91,7 +91,7 @@ def evaluate_rows(name: str, arms: dict[str, tuple[torch.Tensor, float, dict[str
 
 
 def digits_rows(args: argparse.Namespace, runs: Path) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor], dict]:
-    from denoisekit.config import load_config
+    from denoisekit.train.config import load_config
     from denoisekit.eval.features import digits_feature_network
     from denoisekit.train.autoencoder import train_autoencoder
     from denoisekit.train.zoo import sample

@@ -20,6 +20,7 @@ from denoisekit.eval.alignment import (HEADS, alignment_prompts, attribute_accur
 # ------------------------------------------------------------------------------------------ caption grammar
 
 
+@pytest.mark.slow  # renders many captions (~1 s)
 def test_parse_caption_round_trips_and_agrees_with_labels():
     ds = ShapesDataset(length=1500, size=16, supersample=1, max_shapes=5, return_masks=False, label_from="none")
     counts = set()
@@ -217,6 +218,7 @@ def reduced_network(tmp_path_factory):
                                     cache_dir=tmp_path_factory.mktemp("cache"), **REDUCED)
 
 
+@pytest.mark.slow  # trains (the module's attribute network)
 def test_reduced_network_accuracy_on_fresh_renders(reduced_network):
     acc = attribute_accuracy(reduced_network, 400, seed=11, **REDUCED)
     # thresholds well below what this configuration reaches (numbers in the comment), far above chance
@@ -235,6 +237,7 @@ def test_reduced_network_accuracy_on_fresh_renders(reduced_network):
                                                                    reduced_network.predict(torch.zeros(1, 3, 32, 32)))
 
 
+@pytest.mark.slow  # trains (the module's attribute network)
 def test_reduced_network_alignment_real_captions_high_shuffled_low(reduced_network):
     images, captions = rendered_shapes(400, seed=12, **REDUCED)
     own = text_alignment(images, captions, reduced_network)

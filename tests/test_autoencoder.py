@@ -134,6 +134,7 @@ def _config(**sections) -> AutoencoderTrainConfig:
     return AutoencoderTrainConfig.from_dict(d)
 
 
+@pytest.mark.slow  # trains
 def test_tiny_autoencoder_beats_mean_image(tmp_path):
     out = train_autoencoder(_config(), tmp_path / "run", progress=False)
     m = json.loads((out / "metrics.json").read_text())
@@ -148,6 +149,7 @@ def test_tiny_autoencoder_beats_mean_image(tmp_path):
     assert len(rows) == 4 and float(rows[-1].split(",")[4]) != 0.0  # the GAN is on in the last 50 steps
 
 
+@pytest.mark.slow  # trains
 def test_resume_is_exact(tmp_path):
     cfg = _config(loss={"disc_start": 2}, train={"steps": 6, "batch_size": 8, "save_every": 3},
                   eval={"held_out": 0, "scale_images": 16})

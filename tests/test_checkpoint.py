@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from denoisekit.train import checkpoint as ckpt
-from denoisekit.train.checkpoint import (capture_rng, clean_stale, latest_checkpoint, list_checkpoints,
-                                         load_checkpoint, restore_rng, save_checkpoint, write_text_atomic)
+from denoisekit.engine import checkpoint as ckpt
+from denoisekit.engine.checkpoint import (capture_rng, clean_stale, latest_checkpoint, list_checkpoints,
+    load_checkpoint, restore_rng, save_checkpoint)
+from denoisekit.io import write_atomic, write_text_atomic
 
 
 def _trained(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -105,7 +106,7 @@ def test_write_text_atomic(tmp_path):
     p = tmp_path / "f.txt"
     write_text_atomic(p, "one")
     with pytest.raises(ZeroDivisionError):
-        ckpt.write_atomic(p, lambda tmp: (tmp.write_text("partial"), 1 / 0))
+        write_atomic(p, lambda tmp: (tmp.write_text("partial"), 1 / 0))
     assert p.read_text() == "one" and [q.name for q in tmp_path.iterdir()] == ["f.txt"]
 
 

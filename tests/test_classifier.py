@@ -27,6 +27,15 @@ def test_shapes(kw, shape):
     net = NoiseClassifier(**(TINY | kw))
     assert net(torch.randn(shape), torch.rand(shape[0])).shape == (shape[0], kw["num_classes"])
     assert net(torch.randn(shape), 0.5).shape == (shape[0], kw["num_classes"])  # a scalar time
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # the zero-initialised residual branches (which carry the time) get weights
+        for p in net.parameters():
+            if not p.abs().sum():
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    x, time = torch.randn(shape, generator=g), torch.rand(shape[0], generator=g)
+    out = net(x, time)
+    assert not torch.allclose(out, net(x, time + 0.3))  # the noise level reaches the logits
+    torch.testing.assert_close(net(x[-1:], time[-1:]), out[-1:])  # per sample: no batch statistics
 
 
 def test_model_errors():
@@ -109,6 +118,7 @@ def tiny_run():
     return config, *train_noise_classifier(config)
 
 
+@pytest.mark.slow  # trains (the module's tiny run)
 def test_deterministic(tiny_run):
     config, clf, acc = tiny_run
     clf2, acc2 = train_noise_classifier(config)
@@ -117,6 +127,7 @@ def test_deterministic(tiny_run):
         assert torch.equal(a, b), k
 
 
+@pytest.mark.slow  # trains (the module's tiny run)
 def test_save_load_round_trip(tiny_run, tmp_path):
     config, clf, acc = tiny_run
     save_classifier(tmp_path / "clf", clf, config, acc)
@@ -129,6 +140,7 @@ def test_save_load_round_trip(tiny_run, tmp_path):
     assert load_classifier_config(tmp_path / "clf" / "config.yaml") == config  # the YAML copy reruns the run
 
 
+@pytest.mark.slow  # trains (the module's tiny run)
 def test_load_errors(tiny_run, tmp_path):
     config, clf, _ = tiny_run
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -185,6 +197,7 @@ def test_training_errors(overrides, match):
         train_noise_classifier(load_classifier_config(CONFIG, ["train.steps=1", *overrides]))
 
 
+@pytest.mark.slow  # trains
 def test_run_train_classifier(tmp_path, capsys):
     out = run_train_classifier(CONFIG, tmp_path / "run", ["model.channels=8", "model.head_channels=8",
                                                           "train.steps=2", "train.batch_size=8",

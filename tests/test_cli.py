@@ -28,12 +28,14 @@ def run_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # trains (the module's train2d run)
 def test_train2d_writes_a_run(run_dir, capsys):
     assert {p.name for p in run_dir.iterdir()} == {"config.json", "model.safetensors", "loss.csv"}
     config = json.loads((run_dir / "config.json").read_text())
     assert config["steps"] == 200 and config["seed"] == 1 and config["model_config"]["hidden"] == 32
 
 
+@pytest.mark.slow  # trains (the module's train2d run)
 def test_sample2d_writes_png_json_gif(run_dir, tmp_path, capsys):
     png, gif = tmp_path / "s.png", tmp_path / "traj.gif"
     assert main(["sample2d", str(run_dir), "--sampler", "heun", "--nfe", "9", "--n", "300", "--out", str(png),
@@ -52,6 +54,7 @@ def test_sample2d_writes_png_json_gif(run_dir, tmp_path, capsys):
         assert im.format == "GIF" and im.n_frames == 5  # one frame per step (heun, 9 NFE: 5 steps)
 
 
+@pytest.mark.slow  # trains (the module's train2d run)
 def test_sample2d_default_sampler_and_metrics_path(run_dir, tmp_path, capsys):
     metrics = tmp_path / "m" / "metrics.json"
     assert main(["sample2d", str(run_dir), "--n", "200", "--out", str(tmp_path / "a.png"), "--no-nll",
@@ -87,6 +90,7 @@ def test_bad_input_is_one_error_line(argv, message, capsys):
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
+@pytest.mark.slow  # trains (the module's train2d run)
 def test_bad_run_dir_contents(run_dir, tmp_path, capsys):
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -97,6 +101,7 @@ def test_bad_run_dir_contents(run_dir, tmp_path, capsys):
     assert "config.json" in err and "prediction" in err
 
 
+@pytest.mark.slow  # a fresh interpreter (~3 s)
 def test_console_entry_point_exit_code():
     # the installed script runs main() through sys.exit; check the same path in a fresh interpreter
     proc = subprocess.run([sys.executable, "-m", "denoisekit.cli", "sample2d", "/nonexistent/run"],

@@ -1,4 +1,4 @@
-"""Training recipes by condition (train/conditioning.py): class, text and image conditions through the
+"""Training recipes by condition (denoisekit.conditioning): class, text and image conditions through the
 Trainer, their dropout, the config checks and the ``denoisekit sample`` options that go with them."""
 
 from __future__ import annotations
@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from denoisekit.cli import main
-from denoisekit.config import apply_overrides, config_from_dict
-from denoisekit.train.conditioning import ClassCondition, TextCondition, collate
-from denoisekit.train.trainer import Trainer, load_run, train_from_config
+from denoisekit.train.config import apply_overrides, config_from_dict
+from denoisekit.conditioning import ClassCondition, TextCondition, collate
+from denoisekit.train.trainer import Trainer, train_from_config
+from denoisekit.train.run import load_run
 
 UNET = {"name": "unet", "channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_levels": [1],
         "head_channels": 16, "norm_groups": 8}
@@ -70,6 +71,7 @@ def test_text_config_errors(override, message):
         config_from_dict(apply_overrides(TEXT, [override]))
 
 
+@pytest.mark.slow  # trains
 def test_text_model_trains_samples_and_resumes_exactly(tmp_path):
     cfg = config_from_dict(TEXT)
     run = train_from_config(cfg, tmp_path / "run", progress=False)
@@ -90,6 +92,7 @@ def test_text_model_trains_samples_and_resumes_exactly(tmp_path):
         assert torch.equal(v, w), k
 
 
+@pytest.mark.slow  # trains
 def test_sample_cli_prompts_and_their_errors(tmp_path, capsys):
     run = train_from_config(config_from_dict(TEXT), tmp_path / "run", progress=False)
     out = tmp_path / "s.npz"
@@ -102,6 +105,7 @@ def test_sample_cli_prompts_and_their_errors(tmp_path, capsys):
     assert "this model is text-conditional (use --prompt)" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains
 def test_image_conditioned_model_trains_and_checks_its_channels(tmp_path):
     run = train_from_config(config_from_dict(IMAGE), tmp_path / "run", progress=False)
     assert (run / "samples.png").is_file()
@@ -113,6 +117,7 @@ def test_image_conditioned_model_trains_and_checks_its_channels(tmp_path):
         Trainer(bad, tmp_path / "bad", progress=False)
 
 
+@pytest.mark.slow  # trains
 def test_prompt_on_a_class_model_is_a_clear_error(tmp_path, capsys):
     cfg = config_from_dict({"data": {"name": "digits", "size": 8}, "model": {**UNET, "in_channels": 1, "num_classes": 10},
                             "condition": {"kind": "class"}, "train": {"steps": 1, "batch_size": 4, "save_every": 0},
@@ -122,6 +127,7 @@ def test_prompt_on_a_class_model_is_a_clear_error(tmp_path, capsys):
     assert "--prompt given, but this model is not text-conditional (condition.kind: class)" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains
 def test_sample_cli_restores_from_a_source(tmp_path, capsys):
     run = train_from_config(config_from_dict(IMAGE), tmp_path / "run", progress=False)
     clean = (np.arange(3 * 64, dtype=np.uint8).reshape(3, 8, 8, 1) * 3)
@@ -140,6 +146,7 @@ def test_sample_cli_restores_from_a_source(tmp_path, capsys):
     assert "this model is image-conditioned: give --source" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains
 def test_sample_cli_classifier_guidance(tmp_path, capsys):
     from denoisekit.train.classifier import load_classifier_config, save_classifier, train_noise_classifier
 

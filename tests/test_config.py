@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from denoisekit.config import (DataConfig, OptimConfig, TrainConfig, apply_overrides, build_dataset,
-                               build_denoiser, config_from_dict, config_to_dict, config_to_yaml, load_config,
-                               save_config)
+from denoisekit.train.config import (DataConfig, OptimConfig, TrainConfig, apply_overrides, config_from_dict,
+    config_to_dict, config_to_yaml, load_config, save_config)
+from denoisekit.train.build import build_dataset, build_denoiser
 from denoisekit.options import option_schema, parse_value
 from denoisekit.data import IMAGE_DATASETS as DATASETS
 from denoisekit.losses import DiffusionLoss
@@ -88,7 +88,7 @@ def test_overrides_are_typed_by_the_declared_field():
 @pytest.mark.parametrize("override, message", [
     ("model.chanels=16", "unknown key 'model.chanels'; valid keys at 'model': act, blocks, channel_mult, "
                          "channels, name, num_classes"),
-    ("modle.channels=16", "unknown key 'modle'; valid keys at '<top level>': condition, data, ema, latent, loss, model, optim"),
+    ("modle.channels=16", "unknown key 'modle'; valid keys at '<top level>': condition, data, ema, init, latent, loss, model, optim"),
     ("train.stesp=3", "valid keys at 'train': batch_size, device, grad_accum"),
     ("loss.weight=snr", "valid keys at 'loss': gamma, noise_levels, p_mean, p_std, weighting"),
     ("process.sigma_max=40", "unknown key 'process.sigma_max'; valid keys at 'process': beta_end"),
@@ -106,7 +106,7 @@ def test_overrides_are_typed_by_the_declared_field():
     ("optim.lr=-1", "optim.lr must be > 0"),
     ("train.batch_size=10", r"train.batch_size \(10\) must be a multiple of train.grad_accum \(4\)"),
     ("condition.kind=class", "condition.kind is 'class' but model.num_classes is not set"),
-    ("condition.kind=sound", "condition.kind: unknown condition kind 'sound'; allowed: class, image, none, text"),
+    ("condition.kind=sound", "condition.kind: unknown condition kind 'sound'; allowed: class, embedding, image, none, text"),
     ("condition.dropout=1", r"condition.dropout must be in \[0, 1\)"),
     ("condition.kind=text", "model.context_dim must be 384 \\(the encoder's width\\), got None"),
     ("sample.prompts=[a cat]", "sample.prompts needs condition.kind: text"),

@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 
 from denoisekit.cli import main
-from denoisekit.config import load_config
+from denoisekit.train.config import load_config
 from denoisekit.eval import features
 from denoisekit.eval.features import ClassifierConfig
-from denoisekit.sampling import steps_for_nfe
+from denoisekit.samplers.run import steps_for_nfe
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "digits-demo.yaml"
@@ -47,6 +47,7 @@ def run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # trains (the module's CLI train run)
 def test_demo_trains_with_overrides(run):
     c = load_config(run / "config.yaml")
     assert (c.train.steps, c.train.batch_size) == (2, 8)
@@ -56,6 +57,7 @@ def test_demo_trains_with_overrides(run):
     assert len(list((run / "checkpoints").iterdir())) == 1
 
 
+@pytest.mark.slow  # trains (the module's CLI train run)
 def test_demo_sample_eval_report(run, tmp_path_factory, monkeypatch):
     cache = tmp_path_factory.mktemp("cache")
     monkeypatch.setitem(features.FEATURE_NETWORKS, "digits",

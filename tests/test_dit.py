@@ -36,9 +36,11 @@ def rand(*shape, seed=0):
 ])
 def test_output_shape(kw, shape):
     net = randomise(tiny(**kw))
-    out = net(rand(*shape), torch.rand(shape[0], dtype=torch.float64))
+    x, time = rand(*shape), torch.rand(shape[0], dtype=torch.float64)
+    out = net(x, time)
     assert out.shape == (shape[0], kw.get("out_channels", shape[1]), *shape[2:])
     assert torch.isfinite(out).all()
+    torch.testing.assert_close(net(x[-1:], time[-1:]), out[-1:])  # per sample: attention stays within an image
 
 
 def test_unpatchify_inverts_patchify():
@@ -142,10 +144,18 @@ def test_denoiser_wraps_dit():
     net = randomise(tiny(in_channels=1))
     den = Denoiser(net, get_process("edm"), "edm")
     y = rand(2, 1, 8, 8)
-    out = den(y, torch.tensor([0.1, 20.0], dtype=torch.float64))
+    sigma = torch.tensor([0.1, 20.0], dtype=torch.float64)
+    out = den(y, sigma)
     assert out.shape == y.shape and torch.isfinite(out).all()
+    # adaLN-Zero: the initial DiT outputs F = 0, so EDM's D = c_skip y + c_out F (Karras et al. 2022, Eq. 7)
+    # is the skip path alone, c_skip = sigma_data^2 / (sigma^2 + sigma_data^2) with sigma_data = 0.5
+    zero = Denoiser(tiny(in_channels=1), get_process("edm"), "edm")
+    c_skip = (0.25 / (sigma**2 + 0.25)).reshape(2, 1, 1, 1)
+    torch.testing.assert_close(zero(y, sigma), c_skip * y, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(out, c_skip * y)  # the randomised network adds its own part
 
 
+@pytest.mark.slow  # trains
 def test_tiny_overfit():
     torch.manual_seed(0)
     net = DiT(DiTConfig(**(TINY | dict(in_channels=1, num_classes=4, hidden=64))))

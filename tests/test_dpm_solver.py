@@ -106,6 +106,7 @@ def test_first_order_is_ddim(gm2):
     torch.testing.assert_close(sample_dpm_solver_1(gm2, y, s), sample_ddim(gm2, y, s), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow  # hundreds of stochastic steps (~1 s each)
 @pytest.mark.parametrize("sampler, options", [
     (sample_dpmpp_2m_sde, {}),
     (sample_dpmpp_2m_sde, {"solver_type": "heun"}),

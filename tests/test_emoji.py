@@ -169,7 +169,7 @@ def test_text_to_image_recipe_end_to_end_at_toy_size(tmp_path, monkeypatch):
     from pathlib import Path
 
     from denoisekit.cli import main
-    from denoisekit.config import load_config
+    from denoisekit.train.config import load_config
     from denoisekit.train.autoencoder import train_autoencoder
     from denoisekit.train.trainer import train_from_config
 

@@ -31,6 +31,7 @@ def small_digits():
 
 # --- the digits feature network ----------------------------------------------------------------------
 
+@pytest.mark.slow  # trains the digits feature network (shared cache)
 def test_digits_network_accuracy_and_sizes(digits_net):
     from denoisekit.data.digits import DigitsDataset
 
@@ -42,6 +43,7 @@ def test_digits_network_accuracy_and_sizes(digits_net):
         assert extract_features(digits_net, ds.images[:5]).shape == (5, 128)
 
 
+@pytest.mark.slow  # trains the digits feature network (shared cache)
 def test_digits_network_loads_from_cache(digits_net, cache_dir):
     again = digits_feature_network(cache_dir=cache_dir)
     assert again.info["cache_status"] == "loaded" and again.info["cache"] == digits_net.info["cache"]
@@ -51,6 +53,7 @@ def test_digits_network_loads_from_cache(digits_net, cache_dir):
     assert meta["info"]["test_accuracy"] == digits_net.info["test_accuracy"]
 
 
+@pytest.mark.slow  # trains
 def test_training_is_deterministic(small_digits):
     x, y = small_digits
     threads = torch.get_num_threads()
@@ -61,6 +64,7 @@ def test_training_is_deterministic(small_digits):
     assert torch.get_num_threads() == threads and not torch.are_deterministic_algorithms_enabled()  # restored
 
 
+@pytest.mark.slow  # trains
 def test_corrupt_cache_is_retrained_with_a_warning(small_digits, tmp_path):
     x, y = small_digits
     first = cached_classifier("tiny", x, y, 10, TINY, cache_dir=tmp_path)
@@ -76,6 +80,7 @@ def test_corrupt_cache_is_retrained_with_a_warning(small_digits, tmp_path):
     assert other.info["cache"] != first.info["cache"]
 
 
+@pytest.mark.slow  # trains
 def test_multi_head_labels_with_missing_values(small_digits):
     # e.g. the shapes attribute classifier: one head per attribute, -1 where an attribute is absent
     x, y = small_digits
@@ -90,6 +95,7 @@ def test_multi_head_labels_with_missing_values(small_digits):
         train_classifier(x, y + 5, 10, TINY)
 
 
+@pytest.mark.slow  # trains
 def test_rgb_data_and_channel_mismatch():
     x = torch.rand(40, 3, 12, 12) * 2 - 1
     model = train_classifier(x, torch.arange(40) % 2, 2, TINY)
@@ -126,6 +132,7 @@ def test_as_images_errors(bad, match):
         as_images(bad)
 
 
+@pytest.mark.slow  # trains the digits feature network (shared cache)
 def test_digits_network_rejects_rgb(digits_net):
     with pytest.raises(ValueError, match=r"expects \(B, 1, H, W\)"):
         extract_features(digits_net, np.zeros((2, 16, 16, 3), np.uint8))
@@ -156,6 +163,7 @@ def test_inception_architecture(inception):
     assert inception.Mixed_7c.max_pool and not inception.Mixed_7b.max_pool
 
 
+@pytest.mark.slow  # a full-size Inception-v3 (~2 s)
 def test_inception_loads_local_weights(inception, tmp_path):
     from safetensors.torch import save_file
 
@@ -174,6 +182,7 @@ def test_inception_loads_local_weights(inception, tmp_path):
     assert torch.allclose(extract_features(loaded, x), expected.double(), atol=1e-6)
 
 
+@pytest.mark.slow  # a full-size Inception-v3 (~2 s)
 def test_inception_weight_errors(inception, tmp_path):
     with pytest.raises(FileNotFoundError, match="not downloaded"):
         load_fid_inception(tmp_path / "missing.pth")

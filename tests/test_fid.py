@@ -181,6 +181,7 @@ def _blur(x: torch.Tensor, std: float) -> torch.Tensor:
     return F.conv2d(F.conv2d(y, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))
 
 
+@pytest.mark.slow  # trains the digits feature network (shared cache)
 def test_real_vs_real_is_near_zero_and_degradations_are_monotone(digits_halves):
     from denoisekit.eval.features import extract_features
 
@@ -203,6 +204,7 @@ def test_real_vs_real_is_near_zero_and_degradations_are_monotone(digits_halves):
     assert abs(kid) < kid_noisy / 10  # measured -0.0015 vs 0.052
 
 
+@pytest.mark.slow  # trains the digits feature network (shared cache)
 def test_evaluate_end_to_end_from_npz(digits_halves, cache_dir, tmp_path):
     from denoisekit.data.digits import DigitsDataset
     from denoisekit.data.transforms import tensor_to_uint8

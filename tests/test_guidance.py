@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from denoisekit import Denoiser, GaussianMixture, get_process
-from denoisekit.guidance import (ClassifierFreeGuidance, ClassifierGuidance, concat_conditions, index_condition,
-                                 null_condition)
+from denoisekit.condition import concat_conditions, index_condition, null_condition
+from denoisekit.guidance import ClassifierFreeGuidance, ClassifierGuidance
 from denoisekit.models.unet import UNet
 from denoisekit.samplers import get_sampler
 from denoisekit.schedules import get_sigmas_karras

@@ -6,7 +6,7 @@ import torch
 from denoisekit._utils import seeded_generators
 from denoisekit.data.degrade import downsample, grayscale
 from denoisekit.models.unet import UNet
-from denoisekit.train.image_condition import ImageConditionConfig, ImageConditioner
+from denoisekit.conditioning import ImageConditionConfig, ImageConditioner
 
 
 def images(b=4, c=3, h=16, w=16, seed=0):

@@ -17,13 +17,15 @@ import torch
 from PIL import Image
 
 from denoisekit.cli import main
-from denoisekit.config import apply_overrides, config_from_dict
+from denoisekit.train.config import apply_overrides, config_from_dict
 from denoisekit.data import DigitsDataset
 from denoisekit.models.autoencoder import Autoencoder, AutoencoderConfig, compute_latent_scale
 from denoisekit.train.autoencoder import save_autoencoder
-from denoisekit.train.checkpoint import latest_checkpoint, load_checkpoint
-from denoisekit.train.latent import LatentDataset, decode, load_latent_decoder, weights_sha256
-from denoisekit.train.trainer import Trainer, load_run, run_info, train_from_config
+from denoisekit.engine.checkpoint import latest_checkpoint, load_checkpoint
+from denoisekit.train.latent import LatentDataset, decode, weights_sha256
+from denoisekit.train.run import load_latent_decoder
+from denoisekit.train.trainer import Trainer, train_from_config
+from denoisekit.train.run import load_run, run_info
 
 
 def make_autoencoder(seed: int = 0) -> Autoencoder:
@@ -126,6 +128,7 @@ def test_flips_cannot_be_cached():
         LatentDataset(Flipping(), make_autoencoder())
 
 
+@pytest.mark.slow  # trains
 def test_train_resume_exactly_and_sample_decoded(ae_dir, tmp_path, cache, monkeypatch, capsys):
     cfg = make_config(ae_dir)
     count = Counting(monkeypatch)
@@ -161,6 +164,7 @@ def test_train_resume_exactly_and_sample_decoded(ae_dir, tmp_path, cache, monkey
     assert "guides in pixel space" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains
 def test_text_conditional_latent_run(ae_dir, tmp_path):
     cfg = make_config(ae_dir, "data.captions=true", "model.num_classes=null", "model.context_dim=16",
                       "condition.kind=text", "condition.encoder=tokens", "condition.dim=16", "condition.layers=1",
@@ -194,6 +198,7 @@ def test_errors_name_the_autoencoder_and_the_fix(ae_dir, tmp_path):
         make_config(ae_dir, "condition.kind=image", "condition.task=colorize", "model.num_classes=null", "sample.cfg_scale=1")
 
 
+@pytest.mark.slow  # trains
 def test_a_changed_autoencoder_is_refused(ae_dir, tmp_path):
     ae = tmp_path / "ae"
     shutil.copytree(ae_dir, ae)

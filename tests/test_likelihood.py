@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from denoisekit import GaussianMixture, get_process
-from denoisekit.likelihood import bits_per_dim, dequantize, nll, start_std
+from denoisekit.eval.likelihood import bits_per_dim, dequantize, nll
+from denoisekit.process import start_std
 
 SIGMA_MIN = 1e-3
 # The prior N(0, s^2) misses the marginal's mean m by O(|m| / sigma_max) nats per sample; at 1e4 that
@@ -14,6 +15,7 @@ SIGMA_MIN = 1e-3
 SIGMA_MAX = 1e4
 
 
+@pytest.mark.slow  # seconds of ODE solves
 @pytest.mark.parametrize("dim", [2, 8])
 def test_exact_nll_matches_closed_form(dim):
     gm = GaussianMixture.random(dim=dim, components=4, seed=1)
@@ -27,6 +29,7 @@ def test_exact_nll_matches_closed_form(dim):
     assert abs(got.sum() - want.sum()) / want.abs().sum() < 1e-4
 
 
+@pytest.mark.slow  # seconds of ODE solves
 def test_hutchinson_is_unbiased():
     gm = GaussianMixture.random(dim=8, components=4, seed=1)
     x = gm.sample(1, torch.Generator().manual_seed(0))
@@ -40,6 +43,7 @@ def test_hutchinson_is_unbiased():
         assert abs(est.mean() - exact[0]) < 4 * sem, (probe, est.mean().item(), exact.item(), sem.item())
 
 
+@pytest.mark.slow  # seconds of ODE solves
 def test_hutchinson_seeded_and_auto_dispatch():
     gm = GaussianMixture.random(dim=20, components=2, seed=3)
     x = gm.sample(4, torch.Generator().manual_seed(0))

@@ -8,7 +8,7 @@ from denoisekit.data.degrade import upsample
 from denoisekit.losses import DiffusionLoss
 from denoisekit.models.unet import UNet
 from denoisekit.pipelines import cascade, restore
-from denoisekit.train.image_condition import ImageConditionConfig, ImageConditioner
+from denoisekit.conditioning import ImageConditionConfig, ImageConditioner
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +34,17 @@ def sr_model():
 
 
 @pytest.fixture(scope="module")
-def test_digits():
+def held_out_digits():
     return DigitsDataset(DigitsConfig(size=8, split="test")).images[:32]
 
 
+@pytest.mark.slow  # trains (the module's super-resolution model)
 @torch.no_grad()
-def test_restore_follows_its_input(sr_model, test_digits):
+def test_restore_follows_its_input(sr_model, held_out_digits):
     den, cc = sr_model
-    lr = cc.degrade(test_digits)
+    lr = cc.degrade(held_out_digits)
     out = restore(den, cc, lr, nfe=10, generator=seeded_generators(1, len(lr)))
-    assert out.shape == test_digits.shape and out.abs().max() <= 1
+    assert out.shape == held_out_digits.shape and out.abs().max() <= 1
     own = cc.consistency(out, lr).mean()
     # baseline: the same model given other inputs samples digits, but not these (what an
     # unconditional model's samples would score)
@@ -52,22 +53,23 @@ def test_restore_follows_its_input(sr_model, test_digits):
     # measured: own 0.022, baseline 0.28 (bicubic upsampling of the input itself: 0.016)
     assert own < 0.05 and own < baseline / 5, (own, baseline)
     # closer to the truth than a sample for another input; about as close as bicubic (measured 0.157 vs 0.157)
-    mse = (out - test_digits).pow(2).mean()
-    assert mse < 0.5 * (other - test_digits).pow(2).mean()
-    assert mse < 1.5 * (upsample(lr, 2).clamp(-1, 1) - test_digits).pow(2).mean()
+    mse = (out - held_out_digits).pow(2).mean()
+    assert mse < 0.5 * (other - held_out_digits).pow(2).mean()
+    assert mse < 1.5 * (upsample(lr, 2).clamp(-1, 1) - held_out_digits).pow(2).mean()
 
 
+@pytest.mark.slow  # trains (the module's super-resolution model)
 @torch.no_grad()
-def test_restore_is_per_sample_and_uses_aug(sr_model, test_digits):
+def test_restore_is_per_sample_and_uses_aug(sr_model, held_out_digits):
     den, cc = sr_model
-    lr = cc.degrade(test_digits[:6])
+    lr = cc.degrade(held_out_digits[:6])
     full = restore(den, cc, lr, nfe=4, generator=seeded_generators(5, 6))
     part = restore(den, cc, lr[3:], nfe=4, generator=seeded_generators(8, 3))
     torch.testing.assert_close(part, full[3:], atol=1e-5, rtol=0)
     other_aug = restore(den, cc, lr, nfe=4, generator=seeded_generators(5, 6), aug=0.15)
     assert not torch.allclose(other_aug, full)
     with pytest.raises(ValueError, match=r"expects a \(B, 1, 4, 4\) low-resolution input, got \(6, 1, 8, 8\)"):
-        restore(den, cc, test_digits[:6], nfe=4)
+        restore(den, cc, held_out_digits[:6], nfe=4)
 
 
 def test_inpaint_keeps_known_pixels():
@@ -90,10 +92,11 @@ def test_inpaint_keeps_known_pixels():
         restore(den, cc, (x0, mask), nfe=3, aug=0.1)
 
 
+@pytest.mark.slow  # trains (the module's super-resolution model)
 @torch.no_grad()
-def test_cascade(sr_model, test_digits):
+def test_cascade(sr_model, held_out_digits):
     den, cc = sr_model
-    targets = cc.degrade(test_digits[:8])  # the base "model" makes exactly these 4x4 images
+    targets = cc.degrade(held_out_digits[:8])  # the base "model" makes exactly these 4x4 images
 
     def base_net(x, t, cond=None):
         return targets[: x.shape[0]]

@@ -1,9 +1,12 @@
+import typing
+
 import pytest
 import torch
 
 from denoisekit import Denoiser, get_process
-from denoisekit.prediction import (PREDICTIONS, Coefficients, prediction_from_x0, prediction_target,
-                                   x0_from_prediction, x0_mse_factor)
+from denoisekit.losses import DiffusionLoss
+from denoisekit.prediction import (PREDICTIONS, Coefficients, Prediction, PredictionRule, prediction_from_x0,
+                                   prediction_target, x0_from_prediction, x0_mse_factor)
 
 PROCS = ["ddpm", "vp_linear", "vp_cosine", "ve", "edm", "flow"]
 
@@ -93,3 +96,70 @@ def test_bad_prediction_and_shape():
     den = Denoiser(lambda x, t: x[:, :1], p, "eps")
     with pytest.raises(ValueError, match="network returned shape"):
         den(torch.zeros(2, 3), 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The table: a new parameterisation is one entry
+
+
+def test_table_matches_the_literal():
+    assert typing.get_args(Prediction) == tuple(PREDICTIONS)
+    assert all(isinstance(rule, PredictionRule) for rule in PREDICTIONS.values())
+
+
+def _residual_rule():
+    """``x0 = y + F`` with EDM's input ``c_in y`` and ``c_noise``: Karras et al.'s form with c_skip = c_out = 1."""
+
+    def b(v, x):  # (B,) -> broadcastable against x (B, ...)
+        return v.to(x).reshape(-1, *[1] * (x.ndim - 1))
+
+    return PredictionRule(
+        x0=lambda out, x, c: x / b(c.alpha, x) + out,
+        target=lambda x0, eps, c: -b(c.sigma_ve, x0) * eps,  # x0 - y
+        x0_mse_factor=lambda c: torch.ones_like(c.alpha),
+        net_input=lambda x, c: x / b(c.alpha, x) * b(c.edm()[2], x),
+        time_input="log_sigma")
+
+
+def test_new_parameterisation_is_one_entry(monkeypatch, gm2):
+    """A temporary entry in PREDICTIONS trains and denoises through Denoiser and DiffusionLoss with no other
+    change: its conversions invert, the exact network through it is the exact denoiser, the SNR-weighted loss
+    (a loss on the x0 error) equals the eps model's, and a small network trains on it. The table is restored."""
+    with monkeypatch.context() as m:
+        m.setitem(PREDICTIONS, "residual", _residual_rule())
+        for name in PROCS:  # the checks every entry of the table passes
+            test_conversions_round_trip("residual", name)
+            test_mse_factor_converts_errors("residual", name)
+
+        def exact(inp, c_noise):  # what the exact network outputs, given the entry's preconditioned input
+            sigma = torch.exp(4 * c_noise.double())
+            y = inp * torch.sqrt(sigma**2 + 0.25)[:, None]
+            return gm2(y, sigma) - y
+
+        y = torch.randn(5, 2, dtype=torch.float64) * 3
+        sigma = torch.logspace(-1.5, 1.5, 5, dtype=torch.float64)
+        x0 = gm2.sample(2048, torch.Generator().manual_seed(0))
+        for name in ("edm", "vp_cosine", "flow"):
+            p = get_process(name)
+            den = Denoiser(exact, p, "residual")  # time_input "model", overridden by the entry's "log_sigma"
+            torch.testing.assert_close(den(y, sigma), gm2(y, sigma), rtol=1e-9, atol=1e-9)
+            eps_den = Denoiser(gm2.as_network(p, "eps"), p, "eps")
+            loss = DiffusionLoss("lognormal", "snr")
+            a = loss(den, x0, generator=torch.Generator().manual_seed(1))
+            b = loss(eps_den, x0, generator=torch.Generator().manual_seed(1))
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)
+
+        torch.manual_seed(0)
+        mlp = torch.nn.Sequential(torch.nn.Linear(3, 64), torch.nn.SiLU(), torch.nn.Linear(64, 2)).double()
+        den = Denoiser(lambda x, t: mlp(torch.cat([x, t[:, None]], 1)), get_process("edm"), "residual")
+        opt = torch.optim.Adam(mlp.parameters(), lr=3e-3)
+        loss = DiffusionLoss("lognormal", "edm")
+        first = loss(den, x0, generator=torch.Generator().manual_seed(2)).mean().item()
+        for step in range(60):
+            opt.zero_grad()
+            loss(den, x0[:256], generator=torch.Generator().manual_seed(10 + step)).mean().backward()
+            opt.step()
+        assert loss(den, x0, generator=torch.Generator().manual_seed(2)).mean().item() < 0.7 * first
+    assert "residual" not in PREDICTIONS
+    with pytest.raises(ValueError, match="allowed: edm, eps, flow, score, v, x0"):
+        Denoiser(exact, get_process("edm"), "residual")

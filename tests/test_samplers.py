@@ -65,6 +65,7 @@ def test_ddim_eta_one_is_ddpm_posterior(gm2):
     assert torch.allclose(a, b, atol=1e-12) and torch.allclose(a, c, atol=0)
 
 
+@pytest.mark.slow  # ~1 s
 def test_ddim_inversion_round_trip(gm2):
     """Inversion converges at first order to the exact ODE encoding, and sampling returns the start.
     Medians: a point on a boundary between modes is chaotic under the ODE and dominates a mean."""
@@ -97,6 +98,7 @@ def _mean_logp_gap(gm, x, n_true=4000):
 # Ancestral sampling converges slowly in the step count (gaps in nats at 30/60/120/240 Karras steps for
 # ddpm: 0.26, 0.18, 0.11, 0.07): the step counts below are where each is within tolerance of exact.
 # A broken sampler is off by > 1 nat (8-step DDPM: -2.6).
+@pytest.mark.slow  # hundreds of stochastic steps (~1 s each)
 @pytest.mark.parametrize("name, steps, tol", [("ddpm", 400, 0.1), ("ddpm_large", 400, 0.1),
                                               ("euler_ancestral", 400, 0.1), ("heun_sde", 60, 0.12),
                                               ("pc", 120, 0.15)])

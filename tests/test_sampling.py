@@ -3,7 +3,7 @@ import torch
 
 from denoisekit import Denoiser, get_process
 from denoisekit.samplers import SAMPLERS
-from denoisekit.sampling import nfe_of, sample, steps_for_nfe
+from denoisekit.samplers.run import nfe_of, sample, steps_for_nfe
 
 
 class Counting:

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from denoisekit import get_process, get_sampler
-from denoisekit.likelihood import start_std
+from denoisekit.process import start_std
 from denoisekit.samplers import solve_pf_ode
-from denoisekit.sampling import nfe_of, steps_for_nfe
-from denoisekit.schedule_opt import load_sigmas, load_sigmas_meta, optimize_sigmas, save_sigmas, tuning_batch
+from denoisekit.samplers.run import nfe_of, steps_for_nfe
+from denoisekit.samplers.tuning.grid import load_sigmas, load_sigmas_meta, optimize_sigmas, save_sigmas, tuning_batch
 from denoisekit.schedules import get_sigmas_exponential, get_sigmas_karras, get_sigmas_uniform_t
 
 PROCESS = get_process("ddpm")
@@ -43,6 +43,7 @@ def _fixed(steps):
             "trailing": get_sigmas_uniform_t(PROCESS, steps, "trailing")}
 
 
+@pytest.mark.slow  # optimises a grid (seconds)
 @pytest.mark.parametrize("sampler,nfe,objective", [("euler", 5, "l2"), ("euler", 10, "mse"), ("dpmpp_2m", 5, "l2"),
                                                    ("dpmpp_2m", 10, "l2"), ("heun", 10, "mse")])
 def test_optimised_grid_beats_fixed_grids_on_held_out_noise(gm2, held_out, sampler, nfe, objective):
@@ -66,6 +67,7 @@ def test_optimised_grid_beats_fixed_grids_on_held_out_noise(gm2, held_out, sampl
     assert opt < 0.8 * errs[best]
 
 
+@pytest.mark.slow  # optimises a grid (seconds)
 def test_stratified_estimate_on_a_shared_batch(gm2, held_out):
     """More tuning noises than rows per evaluation (``n_eval``): the stratified estimate, on a batch
     built once by ``tuning_batch``, still gives a grid far better than the fixed ones on held-out noise,

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from denoisekit import get_process, get_sampler
-from denoisekit.likelihood import start_std
+from denoisekit.process import start_std
 from denoisekit.samplers import solve_pf_ode
 from denoisekit.samplers.multistep import dpmpp_2m_weights, sample_multistep
-from denoisekit.schedule_opt import optimize_sigmas, tuning_batch
+from denoisekit.samplers.tuning.grid import optimize_sigmas, tuning_batch
 from denoisekit.schedules import get_sigmas_exponential, get_sigmas_karras
-from denoisekit.solver_opt import LearnedSolver, load_solver, optimize_solver, save_solver
+from denoisekit.samplers.tuning.solver import LearnedSolver, load_solver, optimize_solver, save_solver
 
 PROCESS = get_process("ddpm")
 SMIN, SMAX = PROCESS.sigma_min, PROCESS.sigma_max
@@ -51,6 +51,7 @@ def test_bad_weights_name_the_step(gm2):
         sample_multistep(gm2, y, grid, weights=[[], [math.nan], [0, 0], [0, 0, 0]])
 
 
+@pytest.mark.slow  # learns solver weights (~10 s)
 def test_learned_solver_beats_the_optimised_grid_on_held_out_noises(gm2, tmp_path):
     """The tuned weights must pay off on noises the optimiser never saw, against both the best
     standard grid and the optimised grid of the same method (DPM-Solver++(2M)), at 4 NFE."""

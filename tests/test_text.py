@@ -202,6 +202,7 @@ def variant(enc: MiniLMEncoder, **changes) -> MiniLMEncoder:
     return out
 
 
+@pytest.mark.slow  # loads the pretrained MiniLM (~4 s)
 def test_minilm_shapes_mask_and_empty_prompt(minilm):
     assert isinstance(minilm, TextEncoder) and minilm.dim == 384 and minilm.max_tokens == 32
     assert minilm.token_ids(["", "a red circle"]) == [[101, 102], [101, 1037, 2417, 4418, 102]]  # [CLS] ... [SEP]
@@ -212,6 +213,7 @@ def test_minilm_shapes_mask_and_empty_prompt(minilm):
     assert minilm.encode([""])[0].shape == (1, 2, 384)
 
 
+@pytest.mark.slow  # loads the pretrained MiniLM (~4 s)
 def test_minilm_truncation_keeps_sep(minilm):
     short = variant(minilm, max_tokens=8)
     long = "the quick brown fox jumps over the lazy dog again and again"
@@ -222,6 +224,7 @@ def test_minilm_truncation_keeps_sep(minilm):
         variant(minilm, max_tokens=8, truncate=False).encode([long])
 
 
+@pytest.mark.slow  # loads the pretrained MiniLM (~4 s)
 def test_minilm_cache(minilm, monkeypatch):
     enc = variant(minilm, cache_size=3)
     counter = CountingModel(enc._model)
@@ -241,6 +244,7 @@ def test_minilm_cache(minilm, monkeypatch):
     assert torch.equal(alone[0], first[0][1])
 
 
+@pytest.mark.slow  # loads the pretrained MiniLM (~4 s)
 def test_minilm_cache_filled_in_inference_mode_serves_training(minilm):
     enc = variant(minilm)
     with torch.inference_mode():  # e.g. sampling a preview grid, then training goes on
@@ -252,6 +256,7 @@ def test_minilm_cache_filled_in_inference_mode_serves_training(minilm):
     assert layer.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.slow  # loads the pretrained MiniLM (~4 s)
 def test_minilm_matches_sentence_transformers(minilm):
     """Mean-pooled, normalised MiniLM tokens = sentence-transformers' sentence embedding: the weights,
     tokenizer and special tokens are the ones the model was trained with."""
@@ -267,6 +272,7 @@ def test_minilm_matches_sentence_transformers(minilm):
     torch.testing.assert_close(pooled, ref, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow  # loads the pretrained MiniLM (~4 s)
 def test_minilm_semantics(minilm):
     ctx, mask = minilm.encode(["a photo of a dog", "a picture of a puppy", "a bowl of soup",
                                "a red circle", "a red disc", "a blue square"])
@@ -276,6 +282,7 @@ def test_minilm_semantics(minilm):
     assert sim[3, 4] > sim[3, 5] + 0.1
 
 
+@pytest.mark.slow  # loads the pretrained MiniLM (~4 s)
 def test_minilm_shared_and_outside_state_dict(minilm):
     assert get_text_encoder("minilm", max_tokens=32) is minilm and build_text_encoder("minilm") is minilm
     with pytest.raises(ValueError, match="bad options"):

@@ -58,6 +58,7 @@ def test_gmm_dataset_is_its_oracle():
     assert abs(float(gm.log_prob(x).mean() - gm.log_prob(own).mean())) < 0.1
 
 
+@pytest.mark.slow  # ~1 s each
 @pytest.mark.parametrize("name", list(DATASETS))
 def test_exact_densities_normalise_and_fit_their_samples(name):
     g = torch.linspace(-3.5, 3.5, 71, dtype=torch.float64)  # spacing 0.1: exact enough for widths >= 0.1
@@ -158,6 +159,7 @@ def tiny_config(tmp_path, **kw) -> Toy2DConfig:
     return Toy2DConfig(**{**base, **kw})
 
 
+@pytest.mark.slow  # trains
 def test_train_writes_run_and_load_rebuilds_it(tmp_path):
     config = tiny_config(tmp_path, process="vp_cosine", process_kwargs={"s": 0.01}, prediction="v",
                          loss=DiffusionLoss(weighting="min_snr", gamma=3.0))
@@ -176,6 +178,7 @@ def test_train_writes_run_and_load_rebuilds_it(tmp_path):
     assert den(y, 1.0).shape == (8, 2)
 
 
+@pytest.mark.slow  # trains
 def test_training_is_deterministic(tmp_path):
     a = load_run(train_toy2d(tiny_config(tmp_path / "a"), progress=False))[0]
     b = load_run(train_toy2d(tiny_config(tmp_path / "b"), progress=False))[0]
@@ -185,6 +188,7 @@ def test_training_is_deterministic(tmp_path):
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
 
+@pytest.mark.slow  # trains
 def test_load_run_errors_name_the_file_and_key(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_run(tmp_path / "nope")
@@ -231,6 +235,7 @@ def test_config_validation():
 
 # --------------------------------------------------------------------------------- real learning
 
+@pytest.mark.slow  # trains
 def test_trained_denoiser_approaches_the_exact_gmm_denoiser(tmp_path):
     """After a short run (rectified flow, 800 steps) on ``gmm`` data the network's x0 estimate at mid
     noise (sigma_ve = 1, log-SNR 0) is close to the closed-form optimum E[x0 | y]: several times closer

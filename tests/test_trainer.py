@@ -1,8 +1,9 @@
 """The trainer: exact resume, NaN handling, multi-process equivalence, EMA, LR schedule, logs, load_run.
 
-A tiny conv net and a synthetic dataset are registered under test names, so these tests do not
-depend on the image backbones. Run as a script (``python tests/test_trainer.py worker CONFIG OUT``)
-this file is the worker that ``accelerate launch`` starts for the 2-process test.
+A tiny conv net and a synthetic dataset are registered under test names (per test, by the ``registered``
+fixture), so these tests do not depend on the image backbones. Run as a script
+(``python tests/test_trainer.py worker CONFIG OUT``) this file is the worker that ``accelerate launch``
+starts for the 2-process test.
 """
 
 from __future__ import annotations
@@ -21,17 +22,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from denoisekit.config import Config, apply_overrides, config_from_dict, save_config
+from denoisekit.train.config import Config, apply_overrides, config_from_dict, save_config
 from denoisekit.data import IMAGE_DATASETS as DATASETS
 from denoisekit.losses import DiffusionLoss
 from denoisekit.models import MODELS
 from denoisekit.process import get_process
 from denoisekit.prediction import Denoiser
-from denoisekit.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from denoisekit.train.ema import EMA, gamma_to_sigma_rel, sigma_rel_to_gamma
-from denoisekit.train.data_stream import StreamSampler
-from denoisekit.train.trainer import (Trainer, TrainingDiverged, load_run, lr_factor, run_info,
-                                      train_from_config)
+from denoisekit.engine.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from denoisekit.engine.ema import EMA, gamma_to_sigma_rel, sigma_rel_to_gamma
+from denoisekit.engine.stream import StreamSampler
+from denoisekit.train.trainer import Trainer, train_from_config
+from denoisekit.train.run import load_run, run_info
+from denoisekit.engine.optim import TrainingDiverged, lr_factor
+from recipe_cases import final_tensors  # the engine's checkpoint contents, shared with test_recipes
 
 
 @dataclass(frozen=True)
@@ -100,12 +103,12 @@ class SynthImages(torch.utils.data.Dataset):
         return {"image": self.images[i], "label": self.labels[i]}
 
 
-def register() -> None:
-    MODELS["test_tiny"] = TinyNet
-    DATASETS["test_synth"] = SynthImages
+@pytest.fixture
+def registered(monkeypatch):
+    """TinyNet and SynthImages under their test names in the registries, for one test (undone after it)."""
+    monkeypatch.setitem(MODELS, "test_tiny", TinyNet)
+    monkeypatch.setitem(DATASETS, "test_synth", SynthImages)
 
-
-register()
 
 BASE = {
     "data": {"name": "test_synth"},
@@ -123,14 +126,6 @@ def make_config(*overrides: str, base: dict = BASE) -> Config:
     return config_from_dict(apply_overrides(base, overrides))
 
 
-def final_tensors(run: Path) -> dict[str, torch.Tensor]:
-    ck = load_checkpoint(latest_checkpoint(run / "checkpoints"))
-    out = {f"model.{k}": v for k, v in ck["model"].items()}
-    out.update({f"ema.{k}": v for k, v in ck["ema"].items()})
-    out.update({f"opt.{p}.{k}": v for p, s in ck["optimizer"]["state"].items() for k, v in s.items()})
-    return out
-
-
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny tensors: threads only contend (the machine is shared)."""
@@ -143,7 +138,8 @@ def one_thread():
 # --------------------------------------------------------------------------------------------- resume
 
 
-def test_resume_continues_bit_exactly(tmp_path):
+@pytest.mark.slow  # trains
+def test_resume_continues_bit_exactly(registered, tmp_path):
     """8 steps straight == 4 steps, stop, resume, 4 steps: model, EMA and optimiser state identical.
 
     Exercises the data position, per-sample noise, label dropout, dropout (global RNG restored),
@@ -163,7 +159,8 @@ def test_resume_continues_bit_exactly(tmp_path):
     assert [s for s, _ in list_checkpoints(tmp_path / "resumed" / "checkpoints")] == [4, 8]
 
 
-def test_resume_refusals(tmp_path):
+@pytest.mark.slow  # trains
+def test_resume_refusals(registered, tmp_path):
     cfg = make_config("train.steps=2", "train.grad_accum=1")
     train_from_config(cfg, tmp_path / "run", progress=False)
     with pytest.raises(FileExistsError, match="--resume"):
@@ -181,7 +178,8 @@ def test_resume_refusals(tmp_path):
 # --------------------------------------------------------------------------------------------- NaN
 
 
-def test_nan_batches_are_skipped_and_counted(tmp_path):
+@pytest.mark.slow  # trains
+def test_nan_batches_are_skipped_and_counted(registered, tmp_path):
     cfg = make_config("data.nan_index=5", "train.steps=10", "train.grad_accum=1", "train.max_nan_steps=5")
     sampler = iter(StreamSampler(40, cfg.train.seed, 0, 8))
     expected = sum(5 in [next(sampler) for _ in range(8)] for _ in range(10))
@@ -193,7 +191,8 @@ def test_nan_batches_are_skipped_and_counted(tmp_path):
     assert (run / "log.csv").read_text().splitlines()[-1].split(",")[4] == str(expected)
 
 
-def test_consecutive_nans_stop_the_run_and_keep_the_last_checkpoint(tmp_path):
+@pytest.mark.slow  # trains
+def test_consecutive_nans_stop_the_run_and_keep_the_last_checkpoint(registered, tmp_path):
     # the network turns NaN after 7 forward calls: steps 1-7 train, steps 8.. are NaN; save_every=3
     cfg = make_config("model.nan_after=7", "train.steps=20", "train.grad_accum=1", "train.save_every=3",
                       "train.max_nan_steps=3", "train.keep_last=5")
@@ -220,7 +219,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(tmp_path):
+def test_two_processes_match_one(registered, tmp_path):
     """``accelerate launch`` with 2 CPU processes (gloo) == 1 process at the same global batch."""
     cfg = make_config("train.steps=6", "train.save_every=0")
     save_config(cfg, tmp_path / "cfg.yaml")
@@ -259,7 +258,8 @@ def test_stream_sampler_shards_one_global_order():
     assert pairs == [(i, k // 10) for k, i in enumerate(stream)]
 
 
-def test_epoch_aware_datasets_get_the_epoch_of_each_item(tmp_path):
+@pytest.mark.slow  # trains
+def test_epoch_aware_datasets_get_the_epoch_of_each_item(registered, tmp_path, monkeypatch):
     """A dataset with ``set_epoch`` (per-epoch random flips) sees each item's own epoch."""
     seen = []
 
@@ -273,14 +273,11 @@ def test_epoch_aware_datasets_get_the_epoch_of_each_item(tmp_path):
             seen.append((i, self.epoch))
             return super().__getitem__(i)
 
-    DATASETS["test_epochs"] = Epochs
-    try:
-        trainer = Trainer(make_config("data.name=test_epochs", "data.n=12", "train.steps=3", "train.grad_accum=1"),
-                          tmp_path / "run", progress=False)
-        seen.clear()
-        trainer.fit()
-    finally:
-        del DATASETS["test_epochs"]
+    monkeypatch.setitem(DATASETS, "test_epochs", Epochs)
+    trainer = Trainer(make_config("data.name=test_epochs", "data.n=12", "train.steps=3", "train.grad_accum=1"),
+                      tmp_path / "run", progress=False)
+    seen.clear()
+    trainer.fit()
     stream = iter(StreamSampler(12, 0, 0, 8, with_epoch=True))
     assert seen == [next(stream) for _ in range(24)]
 
@@ -334,12 +331,13 @@ def test_ema_profiles():
 # --------------------------------------------------------------------------------------------- outputs
 
 
-def test_outputs_logs_grids_bf16_and_load_run(tmp_path, monkeypatch):
+@pytest.mark.slow  # trains
+def test_outputs_logs_grids_bf16_and_load_run(registered, tmp_path, monkeypatch):
     seen = []
     cfg = make_config("train.steps=4", "train.mixed_precision=bf16", "sample.n=6", "sample.nfe=3",
                       "sample.every=2", "sample.cfg_scale=2", "sample.sampler=euler")
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were missing
-    monkeypatch.setattr("denoisekit.train.runlog._TB_WARNED", False)
+    monkeypatch.setattr("denoisekit.engine.runlog._TB_WARNED", False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run = train_from_config(cfg, tmp_path / "run", progress=False,
@@ -362,13 +360,15 @@ def test_outputs_logs_grids_bf16_and_load_run(tmp_path, monkeypatch):
     assert not torch.equal(model_den.net.out.weight, den.net.out.weight)
 
 
-def test_tensorboard_events_when_installed(tmp_path):
+@pytest.mark.slow  # trains
+def test_tensorboard_events_when_installed(registered, tmp_path):
     pytest.importorskip("tensorboard")
     run = train_from_config(make_config("train.steps=2", "train.grad_accum=1"), tmp_path / "run", progress=False)
     assert list((run / "tb").glob("events.out.tfevents.*"))
 
 
-def test_load_run_errors(tmp_path):
+@pytest.mark.slow  # trains
+def test_load_run_errors(registered, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_run(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
@@ -397,17 +397,16 @@ def test_load_run_errors(tmp_path):
         load_run(run)
 
 
-def test_data_and_model_mismatch_errors(tmp_path):
+def test_data_and_model_mismatch_errors(registered, tmp_path):
     with pytest.raises(ValueError, match=r"cannot denoise the data's images of shape \(1, 8, 8\)"):
         Trainer(make_config("model.channels=3"), tmp_path / "a", progress=False)
     with pytest.raises(ValueError, match=r"must be divisible by the number of processes|multiple of train.grad_accum"):
         make_config("train.batch_size=6", "train.grad_accum=4")
 
 
-def test_real_backbone_and_dataset_if_registered(tmp_path):
+@pytest.mark.slow  # trains
+def test_real_backbone_and_dataset(tmp_path):
     """The digits dataset and the U-Net, wired by registry name, train two steps."""
-    if "digits" not in DATASETS or "unet" not in MODELS:
-        pytest.skip("digits dataset / unet model not registered yet")
     cfg = config_from_dict({
         "data": {"name": "digits", "size": 8},
         "model": {"name": "unet", "in_channels": 1, "channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1,
@@ -415,12 +414,19 @@ def test_real_backbone_and_dataset_if_registered(tmp_path):
         "condition": {"kind": "class"}, "train": {"steps": 2, "batch_size": 4, "save_every": 0},
         "sample": {"n": 10, "nfe": 2, "sampler": "euler"}})
     run = train_from_config(cfg, tmp_path / "run", progress=False)
+    assert run_info(run) == {"step": 2, "image_shape": (1, 8, 8), "classes": [str(d) for d in range(10)]}
+    assert (run / "samples.png").is_file()
     den, _ = load_run(run)
-    assert den(torch.zeros(2, 1, 8, 8), torch.ones(2), torch.tensor([1, 2])).shape == (2, 1, 8, 8)
+    assert isinstance(den.net, MODELS["unet"]) and (den.net.config.channels, den.net.config.num_classes) == (16, 10)
+    x = torch.zeros(2, 1, 8, 8)
+    a, b = den(x, torch.ones(2), torch.tensor([1, 2])), den(x, torch.ones(2), torch.tensor([1, 1]))
+    assert a.shape == (2, 1, 8, 8)
+    assert torch.allclose(a[0], b[0]) and not torch.equal(a[1], b[1])  # the label reaches the trained network
 
 
 if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "worker":
     torch.set_num_threads(1)
+    MODELS["test_tiny"], DATASETS["test_synth"] = TinyNet, SynthImages  # this process is the worker, not a test
     trainer = Trainer(config_from_dict(__import__("yaml").safe_load(Path(sys.argv[2]).read_text())), sys.argv[3],
                       progress=False)
     print(f"rank={trainer.rank} world_size={trainer.world}", flush=True)

@@ -38,9 +38,11 @@ def rand(*shape, seed=0):
 ])
 def test_output_shape(kw, shape):
     net = randomise(tiny(**kw))
-    out = net(rand(*shape), torch.rand(shape[0], dtype=torch.float64))
+    x, time = rand(*shape), torch.rand(shape[0], dtype=torch.float64)
+    out = net(x, time)
     assert out.shape == (shape[0], kw.get("out_channels", shape[1]), *shape[2:])
     assert torch.isfinite(out).all()
+    torch.testing.assert_close(net(x[-1:], time[-1:]), out[-1:])  # per sample: no batch statistics (GroupNorm)
 
 
 def test_zero_init_output():
@@ -149,10 +151,18 @@ def test_denoiser_wraps_unet():
     net = randomise(tiny(in_channels=1, num_classes=2))
     den = Denoiser(net, get_process("ddpm"), "eps")
     y = rand(2, 1, 8, 8)
-    out = den(y, torch.tensor([0.5, 3.0], dtype=torch.float64), torch.tensor([0, 1]))
+    sigma = torch.tensor([0.5, 3.0], dtype=torch.float64)
+    out = den(y, sigma, torch.tensor([0, 1]))
     assert out.shape == y.shape and torch.isfinite(out).all()
+    other = den(y, sigma, torch.tensor([1, 1]))
+    assert not torch.allclose(out[0], other[0]) and torch.equal(out[1], other[1])  # the label reaches the U-Net
+    # at initialisation (zero output conv) the eps-network predicts eps = 0, so x0_hat = y - sigma * 0 = y
+    # (up to float64 round-off: the input goes through the native frame, y * alpha, and back)
+    zero = Denoiser(tiny(in_channels=1, num_classes=2), get_process("ddpm"), "eps")
+    torch.testing.assert_close(zero(y, sigma, torch.tensor([0, 1])), y, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow  # trains
 def test_tiny_overfit():
     """A few dozen Adam steps on 4 images (fixed noise levels) cut the denoising loss by a large factor."""
     torch.manual_seed(0)

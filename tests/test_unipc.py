@@ -97,6 +97,7 @@ def test_final_step_to_zero(gm2, variant):
     assert torch.equal(out, seen[-1]["denoised"])
 
 
+@pytest.mark.slow  # ~1 s
 def test_converges_to_the_ode_solution_at_zero(gm2):
     y = gm2.prior_noise(32, 80.0, torch.Generator().manual_seed(5))
     exact = gm2.ode_solution(y, 80.0)

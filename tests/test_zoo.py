@@ -110,6 +110,7 @@ def test_config_errors():
         train_zoo(ZooConfig(model="vae", steps=1, model_options={"depth": 3}), torch.zeros(4, 1, 8, 8))
 
 
+@pytest.mark.slow  # trains
 def test_resume_is_exact_and_load_zoo_restores(tmp_path):
     images = torch.linspace(-1, 1, 64 * 64).reshape(64, 1, 8, 8)  # any images will do
     cfg = {"model": "dcgan", "batch": 16, "model_options": {"width": 8, "latent_dim": 8}, "log_every": 5}
@@ -139,6 +140,7 @@ TINY = {"vae": {"lr": 3e-3, "model_options": {"width": 32, "latent_dim": 8}},
         "dcgan": {"lr": 5e-4, "model_options": {"width": 32, "latent_dim": 32}}}
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize("kind", ["vae", "dcgan"])
 def test_tiny_models_learn_digits(kind, noise_fid):
     from denoisekit.eval.report import evaluate

@@ -10,10 +10,8 @@ ClassifierGuidance          ``x0(y) + s sigma^2 grad_y log p(c | y, sigma)``: Dh
                             2021, Algorithm 2, through Tweedie's formula
 ==========================  ==================================================================
 
-A condition ``cond`` is ``None``, a ``(B,)`` integer label tensor, or a dict with keys among
-``labels`` (B,), ``text`` (a list of B prompts), ``context`` (B, L, D), ``context_mask`` (B, L) and
-``concat`` (B, C, H, W) (see :mod:`denoisekit.models.layers`). :func:`null_condition` and
-:func:`concat_conditions` are the one place that knows how to drop and batch them.
+A condition ``cond`` is ``None``, a ``(B,)`` integer label tensor, or a dict of the keys of
+:mod:`denoisekit.condition`, whose null, batch and index rules the unconditional branch uses.
 """
 
 from __future__ import annotations
@@ -26,7 +24,9 @@ import torch
 from torch import Tensor
 
 from ._utils import append_dims, as_batch, check_choice
-from .samplers._common import DenoiserFn
+from .condition import (as_dict, broadcast_condition, check_condition, concat_conditions, condition_key,
+                        index_condition, labels_of, null_condition, without_labels)
+from .denoiser import DenoiserFn, DenoiserWrapper
 
 Classifier = Callable[[Tensor, Tensor], Tensor]  # ``classifier(y, sigma) -> logits (B, K)`` in the VE frame
 RescaleSpace = Literal["v", "eps", "x0"]
@@ -34,190 +34,10 @@ RESCALE_SPACES = ("v", "eps", "x0")
 
 
 # ----------------------------------------------------------------------------------------------
-# Condition plumbing
-
-
-def _batch_of(value: Any) -> int | None:
-    if isinstance(value, Tensor):
-        return value.shape[0] if value.ndim else None
-    if isinstance(value, (list, tuple)):
-        return len(value)
-    return None
-
-
-def check_condition(cond: Any, batch: int) -> None:
-    """Raise ``ValueError`` unless every part of ``cond`` has ``batch`` entries (tensors: ``shape[0]``)."""
-    if cond is None:
-        return
-    if not isinstance(cond, (Mapping, Tensor)):
-        raise ValueError(f"cond must be None, a ({batch},) label tensor or a dict, got {type(cond).__name__}")
-    parts = cond.items() if isinstance(cond, Mapping) else [("labels", cond)]
-    for key, value in parts:
-        if value is None:
-            continue
-        if isinstance(value, str):
-            raise ValueError(f"cond[{key!r}] must be a list of {batch} prompts, not a single string")
-        n = _batch_of(value)
-        if n is None:
-            raise ValueError(f"cond[{key!r}] must be a ({batch}, ...) tensor or a list of {batch} items, "
-                             f"got {type(value).__name__}{tuple(value.shape) if isinstance(value, Tensor) else ''}")
-        if n != batch:
-            raise ValueError(f"cond[{key!r}] has {n} entries for a batch of {batch}")
-
-
-def null_condition(cond: Any, null_label: int | None) -> Any:
-    """The unconditional counterpart of ``cond``, same structure and batch size.
-
-    ``labels`` -> ``null_label`` (a model's ``num_classes``); ``text`` -> ``""`` for each sample (the
-    empty prompt a text model is trained on by caption dropout); ``context`` -> the same tokens with an
-    all-False ``context_mask`` (no token attended: cross-attention adds nothing, as with no context).
-    ``concat`` and any other key is an input (an image condition), not a condition to drop: it stays.
-    """
-    if cond is None:
-        return None
-    if not isinstance(cond, Mapping):
-        return _null_labels(cond, null_label)
-    out = dict(cond)
-    for key, value in cond.items():
-        if value is None:
-            continue
-        if key == "labels":
-            out[key] = _null_labels(value, null_label)
-        elif key == "text":
-            if isinstance(value, str):
-                raise ValueError("cond['text'] must be a list of prompts, not a single string")
-            out[key] = [""] * len(value)
-        elif key == "context":
-            out["context_mask"] = torch.zeros(value.shape[:2], dtype=torch.bool, device=value.device)
-    return out
-
-
-def _null_labels(labels: Any, null_label: int | None) -> Tensor:
-    if null_label is None:
-        raise ValueError("cond has class labels but null_label is None: pass the model's num_classes "
-                         "(its null label) or a `negative` condition")
-    return torch.full_like(torch.as_tensor(labels), null_label)
-
-
-def concat_conditions(a: Any, b: Any) -> Any:
-    """``a`` and ``b`` (same structure) batched into one condition: tensors by ``torch.cat``, lists by ``+``.
-
-    Token contexts of different lengths are zero-padded to the longer, their masks padded with False; a
-    ``context`` without a mask on one side gets an all-True one. Structures that differ are a ``ValueError``.
-    """
-    if a is None and b is None:
-        return None
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        a, b = _with_masks(a, b), _with_masks(b, a)
-        if set(a) != set(b):
-            raise ValueError(f"cannot batch conditions with different keys {sorted(a)} and {sorted(b)}")
-        out = {k: concat_conditions(a[k], b[k]) for k in a if k not in ("context", "context_mask")}
-        if "context" in a:
-            out.update(_concat_context(a, b))
-        return out
-    if isinstance(a, Tensor) and isinstance(b, Tensor):
-        if a.ndim == 0 or a.shape[1:] != b.shape[1:]:
-            raise ValueError(f"cannot batch condition tensors of shapes {tuple(a.shape)} and {tuple(b.shape)}")
-        return torch.cat([a, b.to(a.device)])
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return list(a) + list(b)
-    raise ValueError(f"cannot batch conditions of types {type(a).__name__} and {type(b).__name__}")
-
-
-def _with_masks(d: Mapping[str, Any], other: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(d)
-    if out.get("context") is not None and out.get("context_mask") is None and other.get("context_mask") is not None:
-        out["context_mask"] = torch.ones(out["context"].shape[:2], dtype=torch.bool, device=out["context"].device)
-    return out
-
-
-def _concat_context(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
-    ca, cb = a["context"], b["context"]
-    if ca is None or cb is None:
-        if ca is not None or cb is not None:
-            raise ValueError("cannot batch a condition with a context and one without")
-        return {"context": None, **({"context_mask": None} if "context_mask" in a else {})}
-    if ca.ndim != 3 or cb.ndim != 3 or ca.shape[2] != cb.shape[2]:
-        raise ValueError(f"cannot batch contexts of shapes {tuple(ca.shape)} and {tuple(cb.shape)}")
-    length = max(ca.shape[1], cb.shape[1])
-
-    def pad(t: Tensor, value: Any) -> Tensor:
-        extra = length - t.shape[1]
-        return torch.cat([t, t.new_full((t.shape[0], extra, *t.shape[2:]), value)], 1) if extra else t
-
-    out = {"context": torch.cat([pad(ca, 0), pad(cb.to(ca), 0)])}
-    if "context_mask" in a:
-        out["context_mask"] = torch.cat([pad(torch.as_tensor(a["context_mask"]).bool(), False),
-                                         pad(torch.as_tensor(b["context_mask"]).bool().to(ca.device), False)])
-    elif ca.shape[1] != cb.shape[1]:
-        raise ValueError("contexts of different lengths need a context_mask to be batched")
-    return out
-
-
-def index_condition(cond: Any, index: Tensor) -> Any:
-    """The samples ``index`` (a 1-D index tensor) of ``cond``."""
-    if cond is None:
-        return None
-    if isinstance(cond, Mapping):
-        return {k: index_condition(v, index) for k, v in cond.items()}
-    if isinstance(cond, Tensor):
-        return cond[index.to(cond.device)]
-    return [cond[i] for i in index.tolist()]
-
-
-def labels_of(cond: Any) -> Tensor:
-    """The ``(B,)`` class labels of ``cond`` (a label tensor or ``cond["labels"]``); ``ValueError`` if none."""
-    labels = cond.get("labels") if isinstance(cond, Mapping) else cond
-    if labels is None:
-        raise ValueError("classifier guidance needs class labels: cond must be a (B,) label tensor or a dict "
-                         "with 'labels'")
-    labels = torch.as_tensor(labels)
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.ndim != 1:
-        raise ValueError(f"class labels must be a (B,) integer tensor, got dtype {labels.dtype}, "
-                         f"shape {tuple(labels.shape)}")
-    return labels.long()
-
-
-def without_labels(cond: Any) -> Any:
-    """``cond`` with its class labels removed (``None`` when nothing else is left)."""
-    if not isinstance(cond, Mapping):
-        return None
-    rest = {k: v for k, v in cond.items() if k != "labels"}
-    return rest or None
-
-
-def _broadcast(negative: Any, batch: int) -> dict[str, Any]:
-    """A negative condition as a dict with ``batch`` entries per key: a string or a list of prompts is
-    ``{"text": ...}``, an int or label tensor ``{"labels": ...}``; one entry is repeated ``batch`` times."""
-    if isinstance(negative, str) or (isinstance(negative, (list, tuple)) and negative
-                                     and all(isinstance(p, str) for p in negative)):
-        negative = {"text": negative}
-    elif isinstance(negative, (int, Tensor)) and not isinstance(negative, bool):
-        negative = {"labels": negative}
-    if not isinstance(negative, Mapping):
-        raise ValueError(f"negative must be a prompt, a list of prompts, labels or a dict condition, "
-                         f"got {type(negative).__name__}")
-    out: dict[str, Any] = {}
-    for key, value in negative.items():
-        if isinstance(value, str):
-            value = [value]
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = torch.tensor([value])
-        if isinstance(value, Tensor) and value.ndim == 0:
-            value = value[None]
-        n = _batch_of(value)
-        if n == 1 and batch != 1:
-            value = list(value) * batch if isinstance(value, (list, tuple)) else value.expand(batch, *value.shape[1:])
-        out[key] = value
-    check_condition(out, batch)
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
 # Classifier-free guidance
 
 
-class ClassifierFreeGuidance:
+class ClassifierFreeGuidance(DenoiserWrapper):
     """``x0 = x0(y | u) + s (x0(y | c) - x0(y | u))``, ``u`` the null (or a negative) condition:
     Ho & Salimans 2022, eq. 6, on the denoiser.
 
@@ -245,6 +65,7 @@ class ClassifierFreeGuidance:
     def __init__(self, denoiser: DenoiserFn, scale: float, null_label: int | None = None, *, negative: Any = None,
                  rescale: float = 0.0, interval: tuple[float, float] | None = None,
                  rescale_space: RescaleSpace = "v"):
+        super().__init__(denoiser, require_process=False)  # its maths needs no process: the oracle works too
         if not math.isfinite(scale):
             raise ValueError(f"guidance scale must be finite, got {scale}")
         if not 0.0 <= rescale <= 1.0:
@@ -254,18 +75,18 @@ class ClassifierFreeGuidance:
             if len(interval) != 2 or not 0.0 <= interval[0] < interval[1]:
                 raise ValueError(f"interval must be (sigma_lo, sigma_hi) with 0 <= sigma_lo < sigma_hi, got {interval}")
             interval = (float(interval[0]), float(interval[1]))
-        self.denoiser, self.scale, self.null_label = denoiser, float(scale), null_label
+        self.scale, self.null_label = float(scale), null_label
         self.negative, self.rescale, self.rescale_space = negative, float(rescale), rescale_space
         self.interval = interval
-        self.process = getattr(denoiser, "process", None)
 
     def unconditional(self, cond: Any, batch: int) -> Any:
         """The condition of the unconditional branch: :func:`null_condition`, overridden by ``negative``."""
         if self.negative is None:
             return null_condition(cond, self.null_label)
-        neg = _broadcast(self.negative, batch)
-        base = dict(cond) if isinstance(cond, Mapping) else {"labels": cond}
-        replaced = set(neg) | ({"context_mask"} if "context" in neg else set())  # a new context brings its mask
+        neg = broadcast_condition(self.negative, batch)
+        base = as_dict(cond) or {}
+        masks = {condition_key(k).mask for k in neg}  # a new token sequence brings its own mask
+        replaced = set(neg) | (masks - {None})
         out = {**null_condition({k: v for k, v in base.items() if k not in replaced}, self.null_label), **neg}
         if isinstance(cond, Mapping):
             return out
@@ -280,9 +101,9 @@ class ClassifierFreeGuidance:
         lo, hi = self.interval
         return (sigma > lo) & (sigma <= hi)
 
-    def __call__(self, y: Tensor, sigma: Tensor | float, cond: Any = None) -> Tensor:
+    def forward(self, y: Tensor, sigma: Tensor | float, cond: Any = None) -> Tensor:
         if cond is None or self.scale == 1:
-            return self.denoiser(y, sigma, cond)
+            return self.inner(y, sigma, cond)
         b = y.shape[0]
         if isinstance(cond, int) or (isinstance(cond, Tensor) and cond.ndim == 0):
             cond = torch.as_tensor(cond, device=y.device).expand(b)
@@ -290,16 +111,16 @@ class ClassifierFreeGuidance:
         s = as_batch(sigma, y)
         on = self.guided(s)
         if not bool(on.any()):
-            return self.denoiser(y, sigma, cond)
+            return self.inner(y, sigma, cond)
         uncond = self.unconditional(cond, b)
         if bool(on.all()):
             if self.scale == 0 and self.rescale == 0:
-                return self.denoiser(y, sigma, uncond)
-            out_c, out_u = self.denoiser(torch.cat([y, y]), torch.cat([s, s]), concat_conditions(cond, uncond)).split(b)
+                return self.inner(y, sigma, uncond)
+            out_c, out_u = self.inner(torch.cat([y, y]), torch.cat([s, s]), concat_conditions(cond, uncond)).split(b)
             return self.combine(out_c, out_u, y, s)
         idx = on.nonzero().squeeze(1)
-        out = self.denoiser(torch.cat([y, y[idx]]), torch.cat([s, s[idx]]),
-                            concat_conditions(cond, index_condition(uncond, idx)))
+        out = self.inner(torch.cat([y, y[idx]]), torch.cat([s, s[idx]]),
+                         concat_conditions(cond, index_condition(uncond, idx)))
         out_c, out_u = out[:b], out[b:]
         return out_c.index_copy(0, idx, self.combine(out_c[idx], out_u, y[idx], s[idx]))
 
@@ -336,7 +157,7 @@ def _affine(space: str, sigma: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
 # Classifier guidance
 
 
-class ClassifierGuidance:
+class ClassifierGuidance(DenoiserWrapper):
     """``x0 = x0(y) + s sigma^2 grad_y log p(c | y, sigma)``: Dhariwal & Nichol 2021, Algorithm 2, in the
     VE frame.
 
@@ -354,10 +175,10 @@ class ClassifierGuidance:
     """
 
     def __init__(self, denoiser: DenoiserFn, classifier: Classifier, scale: float, *, conditional: bool = False):
+        super().__init__(denoiser, require_process=False)
         if not math.isfinite(scale):
             raise ValueError(f"guidance scale must be finite, got {scale}")
-        self.denoiser, self.classifier, self.scale, self.conditional = denoiser, classifier, float(scale), conditional
-        self.process = getattr(denoiser, "process", None)
+        self.classifier, self.scale, self.conditional = classifier, float(scale), conditional
 
     def log_prob_grad(self, y: Tensor, sigma: Tensor, labels: Tensor) -> Tensor:
         """``grad_y log p(labels | y, sigma)`` per sample, shape of ``y``."""
@@ -374,12 +195,12 @@ class ClassifierGuidance:
             (grad,) = torch.autograd.grad(log_p.sum(), y_in)
         return grad
 
-    def __call__(self, y: Tensor, sigma: Tensor | float, cond: Any = None) -> Tensor:
+    def forward(self, y: Tensor, sigma: Tensor | float, cond: Any = None) -> Tensor:
         labels = labels_of(cond)
         if labels.shape != (y.shape[0],):
             raise ValueError(f"expected ({y.shape[0]},) class labels, got shape {tuple(labels.shape)}")
         s = as_batch(sigma, y)
-        x0 = self.denoiser(y, sigma, cond if self.conditional else without_labels(cond))
+        x0 = self.inner(y, sigma, cond if self.conditional else without_labels(cond))
         if self.scale == 0:
             return x0
         grad = self.log_prob_grad(y, s, labels)

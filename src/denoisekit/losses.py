@@ -2,9 +2,9 @@
 
 The objective is the network's own prediction (eps, x0, v, flow velocity, score or EDM's F, set on the
 :class:`~denoisekit.prediction.Denoiser`); the loss chooses how noise levels are drawn and how they
-are weighted. Weightings are defined on the x0 error and converted to the network's error with
-:func:`~denoisekit.prediction.x0_mse_factor`, so "min-SNR-5" means the same thing for every
-prediction type (Hang et al. 2023, Sec. 3.4).
+are weighted. Weightings are defined on the x0 error and converted to the network's error with the
+prediction's ``x0_mse_factor`` (its row of :data:`~denoisekit.prediction.PREDICTIONS`), so "min-SNR-5"
+means the same thing for every prediction type (Hang et al. 2023, Sec. 3.4).
 
 =============  ==============================================  ==========================================
 weighting      weight on ``||x0_hat - x0||^2``                  source
@@ -23,13 +23,13 @@ Noise levels: ``uniform`` in t (uniform step index for a discrete process), ``lo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 from torch import Tensor
 
 from ._utils import GeneratorLike, check_choice, randn_like
-from .prediction import Denoiser, prediction_target, x0_mse_factor
+from .prediction import Denoiser
 from .process import DiscreteDDPM, Process
 
 NoiseLevels = Literal["uniform", "lognormal", "logit_normal"]
@@ -42,29 +42,37 @@ def _gen(generator: GeneratorLike) -> torch.Generator | None:
     return generator if isinstance(generator, torch.Generator) else None
 
 
+def _draw(n: int, kind: str, process: Process, g: torch.Generator | None, device: Any) -> Tensor:
+    """The raw random numbers of :func:`sample_times`: step indices, uniforms or standard normals."""
+    if kind == "uniform" and isinstance(process, DiscreteDDPM):
+        return torch.randint(0, process.num_steps, (n,), generator=g, device=device).to(torch.float64)
+    if kind == "uniform":
+        return torch.rand(n, generator=g, device=device, dtype=torch.float64)
+    return torch.randn(n, generator=g, device=device, dtype=torch.float64)
+
+
 def sample_times(process: Process, n: int, kind: NoiseLevels = "uniform", *, p_mean: float = -1.2,
                  p_std: float = 1.2, generator: GeneratorLike = None, device: Any = None) -> Tensor:
-    """``n`` training times (float64) drawn by ``kind`` and kept in ``[t_min, t_max]`` of the process."""
+    """``n`` training times (float64) drawn by ``kind`` and kept in ``[t_min, t_max]`` of the process.
+    With one generator per sample each draws its own number; the map to times then runs once on the batch."""
     check_choice("noise level distribution", kind, NOISE_LEVELS)
     if generator is not None and not isinstance(generator, torch.Generator):  # one generator per sample
         gens = list(generator)
         if len(gens) != n:
             raise ValueError(f"got {len(gens)} generators for {n} samples")
-        return torch.cat([sample_times(process, 1, kind, p_mean=p_mean, p_std=p_std, generator=g, device=device)
-                          for g in gens])
-    g = _gen(generator)
-    gdev = g.device if g is not None else device
+        u = torch.cat([_draw(1, kind, process, g, g.device) for g in gens]).to(device) if gens else \
+            torch.zeros(0, dtype=torch.float64, device=device)
+    else:
+        g = _gen(generator)
+        u = _draw(n, kind, process, g, g.device if g is not None else device)
     if kind == "uniform" and isinstance(process, DiscreteDDPM):
-        idx = torch.randint(0, process.num_steps, (n,), generator=g, device=gdev)
-        t = idx.to(torch.float64) / (process.num_steps - 1)
+        t = u / (process.num_steps - 1)
     elif kind == "uniform":
-        u = torch.rand(n, generator=g, device=gdev, dtype=torch.float64)
         t = process.t_min + (process.t_max - process.t_min) * u
     elif kind == "lognormal":
-        log_sigma = p_mean + p_std * torch.randn(n, generator=g, device=gdev, dtype=torch.float64)
-        t = process.t_from_sigma(torch.exp(log_sigma))
+        t = process.t_from_sigma(torch.exp(p_mean + p_std * u))
     else:
-        t = torch.sigmoid(p_mean + p_std * torch.randn(n, generator=g, device=gdev, dtype=torch.float64))
+        t = torch.sigmoid(p_mean + p_std * u)
     return t.clamp(process.t_min, process.t_max).to(device)
 
 
@@ -100,16 +108,24 @@ class DiffusionLoss:
             return snr * self.gamma / (snr + self.gamma)
         return (sigma_ve**2 + sigma_data**2) / (sigma_ve * sigma_data) ** 2  # edm
 
-    def __call__(self, denoiser: Denoiser, x0: Tensor, cond: Any = None, generator: GeneratorLike = None) -> Tensor:
+    def __call__(self, denoiser: Denoiser, x0: Tensor, cond: Any = None, generator: GeneratorLike = None, *,
+                 teacher: Callable[..., Tensor] | None = None) -> Tensor:
+        """``teacher(y, sigma, cond) -> x0_hat`` (a frozen VE-frame denoiser) replaces the data as the target:
+        the network then regresses onto the teacher's denoiser at the same noisy point (distillation)."""
         t = sample_times(denoiser.process, x0.shape[0], self.noise_levels, p_mean=self.p_mean, p_std=self.p_std,
                          generator=generator, device=x0.device)
         c = denoiser.coefficients(t)
         eps = randn_like(x0, generator)
         x_t = denoiser.process.add_noise(x0, eps, t)
-        out = denoiser.predict(x_t, c, cond)
-        target = prediction_target(denoiser.prediction, x0, eps, c)
+        if teacher is not None:  # the teacher's (x0, eps) pair that is consistent with x_t
+            a, s = (v.to(x_t).reshape(-1, *[1] * (x_t.ndim - 1)) for v in (c.alpha, c.sigma))
+            with torch.no_grad():
+                x0 = teacher(x_t / a, c.sigma_ve, cond).to(x_t)
+            eps = (x_t - a * x0) / s
+        out, rule = denoiser.predict(x_t, c, cond), denoiser.rule  # the prediction's row of the table
+        target = rule.target(x0, eps, c)
         mse = (out.float() - target.float()).pow(2).flatten(1).mean(1)
         if self.weighting == "simple":
             return mse
         w = self.x0_weight((c.alpha / c.sigma) ** 2, c.sigma_ve, denoiser.sigma_data)
-        return mse * (w / x0_mse_factor(denoiser.prediction, c)).to(mse)
+        return mse * (w / rule.x0_mse_factor(c)).to(mse)

@@ -1,4 +1,4 @@
-"""Parameterisations and the denoiser contract.
+"""Parameterisations (a table) and the :class:`Denoiser` adapter.
 
 A network predicts one of:
 
@@ -14,9 +14,28 @@ score     grad log p = -eps / s                   (x + s^2 score) / a
 edm       F of Karras et al. 2022, Table 1        c_skip y + c_out F, y = x / a, sigma = s / a
 ========  =====================================  =========================================
 
+Each row is a :class:`PredictionRule` in :data:`PREDICTIONS`: x0 from the output, the training target,
+the x0-MSE factor and, optionally, preconditioning (what the network is fed, and a time input it
+requires). The adapter, the losses and config validation read only the table, so a new
+parameterisation is one entry and nothing else::
+
+    PREDICTIONS["mine"] = PredictionRule(
+        x0=lambda out, x, c: ...,           # (network output, native x, Coefficients) -> x0_hat
+        target=lambda x0, eps, c: ...,      # what the network should output at alpha x0 + sigma eps
+        x0_mse_factor=lambda c: ...,        # k with ||out - target||^2 = k ||x0_hat - x0||^2, (B,) float64
+        net_input=lambda x, c: ...,         # optional: the network's input (default: x itself)
+        time_input="log_sigma")             # optional: a time input the entry requires
+
+``x0`` and ``target`` must be inverses (``x0(target(x0, eps, c), x, c) == x0``) and ``x0_mse_factor``
+the squared slope of ``out`` in ``x0_hat``; tests/test_prediction.py checks both for every entry of the
+table, and that :data:`Prediction` (add the name there too, for typed callers) lists the same names.
+Consistency models (Song et al. 2023, Sec. 3) are the next entry: EDM's ``net_input`` and ``time_input``
+with their own ``c_skip`` / ``c_out``, computed from :class:`Coefficients` as :meth:`Coefficients.edm` does.
+
 :class:`Denoiser` turns any such network, ours or external, into the one contract every sampler,
-guidance and loss uses: ``denoiser(y, sigma, cond) -> x0_hat`` in the VE frame ``y = x / alpha``,
-``sigma = sigma_native / alpha``. Example with a diffusers U-Net (it takes ``(x_t, timestep)``)::
+guidance and loss uses (:mod:`denoisekit.denoiser`): ``denoiser(y, sigma, cond) -> x0_hat`` in the VE
+frame ``y = x / alpha``, ``sigma = sigma_native / alpha``. :class:`Clock` is the map between that frame
+and the network's ``(x, time)``. Example with a diffusers U-Net (it takes ``(x_t, timestep)``)::
 
     from denoisekit import Denoiser, get_process
     process = get_process("ddpm")                       # timesteps 0..999 as diffusers'
@@ -25,17 +44,18 @@ guidance and loss uses: ``denoiser(y, sigma, cond) -> x0_hat`` in the VE frame `
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 import torch
 from torch import Tensor, nn
 
-from ._utils import append_dims, as_batch, check_choice
+from ._utils import append_dims, as_batch, check_choice, lookup
 from .process import Process
 
 Prediction = Literal["eps", "x0", "v", "flow", "score", "edm"]
-PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v", "flow", "score", "edm")
 TimeInput = Literal["model", "t", "log_sigma"]
+TIME_INPUTS: tuple[str, ...] = ("model", "t", "log_sigma")
 
 
 class Coefficients:
@@ -66,48 +86,128 @@ def _b(c: Tensor, x: Tensor) -> Tensor:
     return append_dims(c.to(device=x.device, dtype=x.dtype), x.ndim)
 
 
+@dataclass(frozen=True)
+class Clock:
+    """The map between the VE frame ``(y, sigma)`` and a network's native ``(x = alpha y, time)``.
+
+    ``time_input``: ``"model"`` is the process's own clock (``t``, or the step index 0..N-1 of a
+    discrete process, as diffusers' U-Nets expect), ``"t"`` is t in [0, 1], ``"log_sigma"`` is
+    ``log(sigma_ve) / 4`` (EDM's ``c_noise``, Karras et al. 2022, Table 1). A :class:`Denoiser` feeds its
+    network by :attr:`Denoiser.clock`; a noisy classifier trained on the same ``x_t`` uses the same clock.
+    """
+
+    process: Process
+    time_input: TimeInput = "model"
+
+    def __post_init__(self) -> None:
+        check_choice("time_input", self.time_input, TIME_INPUTS)
+
+    def network_time(self, c: Coefficients) -> Tensor:
+        """The time ``(B,)`` (float64) the network is given at the coefficients ``c``."""
+        if self.time_input == "log_sigma":
+            return torch.log(c.sigma_ve) / 4
+        return self.process.model_time(c.t) if self.time_input == "model" else c.t
+
+    def time(self, t: Tensor) -> Tensor:
+        """The network time ``(B,)`` (float64) at process times ``t`` ``(B,)``."""
+        return self.network_time(Coefficients(self.process, t))
+
+    def native(self, y: Tensor, sigma: Tensor | float) -> tuple[Tensor, Tensor]:
+        """``(x, time)`` a network gets for VE-frame ``y`` ``(B, ...)`` at VE noise ``sigma`` (scalar or
+        ``(B,)``): ``x = alpha y`` and the ``(B,)`` time, both in ``y``'s dtype and device."""
+        c = Coefficients(self.process, self.process.t_from_sigma(as_batch(sigma, y)))
+        return y * _b(c.alpha, y), self.network_time(c).to(device=y.device, dtype=y.dtype)
+
+
+@dataclass(frozen=True)
+class PredictionRule:
+    """One parameterisation: its x0, training target and x0-MSE factor, and optional preconditioning.
+
+    ``x0(out, x, c)`` and ``target(x0, eps, c)`` work on native-frame tensors ``(B, ...)``;
+    ``x0_mse_factor(c)`` is ``(B,)`` float64; ``net_input(x, c)`` (``None``: ``x``) is what the network is
+    fed; ``time_input`` (``None``: the :class:`Denoiser`'s) a time input the parameterisation requires.
+    """
+
+    x0: Callable[[Tensor, Tensor, Coefficients], Tensor]
+    target: Callable[[Tensor, Tensor, Coefficients], Tensor]
+    x0_mse_factor: Callable[[Coefficients], Tensor]
+    net_input: Callable[[Tensor, Coefficients], Tensor] | None = None
+    time_input: TimeInput | None = None
+
+
+def _v_x0(out: Tensor, x: Tensor, c: Coefficients) -> Tensor:
+    a, s = _b(c.alpha, x), _b(c.sigma, x)
+    r = torch.sqrt(a**2 + s**2)
+    return (a * x / r - s * out) / r
+
+
+def _v_target(x0: Tensor, eps: Tensor, c: Coefficients) -> Tensor:
+    a, s = _b(c.alpha, x0), _b(c.sigma, x0)
+    r = torch.sqrt(a**2 + s**2)
+    return (a * eps - s * x0) / r
+
+
+def _flow_x0(out: Tensor, x: Tensor, c: Coefficients) -> Tensor:
+    a, s = _b(c.alpha, x), _b(c.sigma, x)
+    da, ds = (_b(d, x) for d in c.derivatives)
+    return (ds * x - s * out) / (ds * a - s * da)
+
+
+def _flow_target(x0: Tensor, eps: Tensor, c: Coefficients) -> Tensor:
+    da, ds = (_b(d, x0) for d in c.derivatives)
+    return da * x0 + ds * eps
+
+
+def _flow_factor(c: Coefficients) -> Tensor:
+    da, ds = c.derivatives
+    return ((ds * c.alpha - c.sigma * da) / c.sigma) ** 2
+
+
+def _edm_x0(out: Tensor, x: Tensor, c: Coefficients) -> Tensor:
+    c_skip, c_out, _, _ = (_b(v, x) for v in c.edm())
+    return c_skip * (x / _b(c.alpha, x)) + c_out * out
+
+
+def _edm_target(x0: Tensor, eps: Tensor, c: Coefficients) -> Tensor:
+    c_skip, c_out, _, _ = (_b(v, x0) for v in c.edm())
+    return (x0 - c_skip * (x0 + _b(c.sigma_ve, x0) * eps)) / c_out
+
+
+PREDICTIONS: dict[str, PredictionRule] = {
+    "eps": PredictionRule(
+        x0=lambda out, x, c: (x - _b(c.sigma, x) * out) / _b(c.alpha, x),
+        target=lambda x0, eps, c: eps,
+        x0_mse_factor=lambda c: (c.alpha / c.sigma) ** 2),
+    "x0": PredictionRule(
+        x0=lambda out, x, c: out,
+        target=lambda x0, eps, c: x0,
+        x0_mse_factor=lambda c: torch.ones_like(c.alpha)),
+    "v": PredictionRule(_v_x0, _v_target, lambda c: (c.alpha**2 + c.sigma**2) / c.sigma**2),
+    "flow": PredictionRule(_flow_x0, _flow_target, _flow_factor),
+    "score": PredictionRule(
+        x0=lambda out, x, c: (x + _b(c.sigma, x) ** 2 * out) / _b(c.alpha, x),
+        target=lambda x0, eps, c: -eps / _b(c.sigma, x0),
+        x0_mse_factor=lambda c: c.alpha**2 / c.sigma**4),
+    "edm": PredictionRule(
+        _edm_x0, _edm_target, lambda c: 1 / c.edm()[1] ** 2,
+        net_input=lambda x, c: x / _b(c.alpha, x) * _b(c.edm()[2], x),  # c_in * y
+        time_input="log_sigma"),  # c_noise = log(sigma) / 4
+}
+
+
+def prediction_rule(kind: str) -> PredictionRule:
+    """The :class:`PredictionRule` of ``kind``; an unknown name is a ``ValueError`` listing the table."""
+    return lookup("prediction", PREDICTIONS, kind)
+
+
 def x0_from_prediction(kind: str, out: Tensor, x: Tensor, c: Coefficients) -> Tensor:
     """Convert a network output ``out`` at native ``x`` into the clean-data estimate x0."""
-    a, s = _b(c.alpha, x), _b(c.sigma, x)
-    if kind == "eps":
-        return (x - s * out) / a
-    if kind == "x0":
-        return out
-    if kind == "v":
-        r = torch.sqrt(a**2 + s**2)
-        return (a * x / r - s * out) / r
-    if kind == "flow":
-        da, ds = (_b(d, x) for d in c.derivatives)
-        return (ds * x - s * out) / (ds * a - s * da)
-    if kind == "score":
-        return (x + s**2 * out) / a
-    if kind == "edm":
-        c_skip, c_out, _, _ = (_b(v, x) for v in c.edm())
-        return c_skip * (x / a) + c_out * out
-    check_choice("prediction", kind, PREDICTIONS)
-    raise AssertionError
+    return prediction_rule(kind).x0(out, x, c)
 
 
 def prediction_target(kind: str, x0: Tensor, eps: Tensor, c: Coefficients) -> Tensor:
     """What a network of type ``kind`` should output for ``x_t = alpha x0 + sigma eps``."""
-    a, s = _b(c.alpha, x0), _b(c.sigma, x0)
-    if kind == "eps":
-        return eps
-    if kind == "x0":
-        return x0
-    if kind == "v":
-        r = torch.sqrt(a**2 + s**2)
-        return (a * eps - s * x0) / r
-    if kind == "flow":
-        da, ds = (_b(d, x0) for d in c.derivatives)
-        return da * x0 + ds * eps
-    if kind == "score":
-        return -eps / s
-    if kind == "edm":
-        c_skip, c_out, _, _ = (_b(v, x0) for v in c.edm())
-        return (x0 - c_skip * (x0 + _b(c.sigma_ve, x0) * eps)) / c_out
-    check_choice("prediction", kind, PREDICTIONS)
-    raise AssertionError
+    return prediction_rule(kind).target(x0, eps, c)
 
 
 def prediction_from_x0(kind: str, x0: Tensor, x: Tensor, c: Coefficients) -> Tensor:
@@ -121,57 +221,49 @@ def x0_mse_factor(kind: str, c: Coefficients) -> Tensor:
 
     It converts a weighting defined on the x0 error (min-SNR, EDM) into one on any network's error.
     """
-    a, s = c.alpha, c.sigma
-    if kind == "eps":
-        return (a / s) ** 2
-    if kind == "x0":
-        return torch.ones_like(a)
-    if kind == "v":
-        return (a**2 + s**2) / s**2
-    if kind == "flow":
-        da, ds = c.derivatives
-        return ((ds * a - s * da) / s) ** 2
-    if kind == "score":
-        return a**2 / s**4
-    if kind == "edm":
-        return 1 / c.edm()[1] ** 2
-    check_choice("prediction", kind, PREDICTIONS)
-    raise AssertionError
+    return prediction_rule(kind).x0_mse_factor(c)
 
 
 class Denoiser(nn.Module):
     """Adapter: any network, any process, any prediction -> ``denoiser(y, sigma, cond) -> x0_hat``.
 
     ``net(x, time)`` (or ``net(x, time, cond)`` when ``cond`` is given) receives the native-frame
-    ``x = alpha * y`` and ``time`` per ``time_input``: ``"model"`` (default) is the process's own
-    clock (``t``, or the step index 0..N-1 for a discrete process, as diffusers' U-Nets expect),
-    ``"t"`` is t in [0, 1], ``"log_sigma"`` is ``log(sigma_ve) / 4``. With ``prediction="edm"`` the
-    network gets EDM's ``c_in * y`` and ``c_noise`` instead, as in Karras et al. 2022, Table 1.
+    ``x = alpha * y`` and ``time`` per ``time_input`` (see :class:`Clock`: ``"model"``, the default, is
+    the process's own clock). A prediction with preconditioning replaces both: with ``prediction="edm"``
+    the network gets EDM's ``c_in * y`` and ``c_noise``, as in Karras et al. 2022, Table 1.
     """
 
     def __init__(self, net: Callable[..., Tensor], process: Process, prediction: Prediction = "eps", *,
                  time_input: TimeInput = "model", sigma_data: float = 0.5):
         super().__init__()
         check_choice("prediction", prediction, PREDICTIONS)
-        check_choice("time_input", time_input, ("model", "t", "log_sigma"))
+        check_choice("time_input", time_input, TIME_INPUTS)
         self.net = net  # an nn.Module is registered as a submodule; a plain callable is kept as is
         self.process, self.prediction = process, prediction
         self.time_input, self.sigma_data = time_input, sigma_data
 
+    @property
+    def rule(self) -> PredictionRule:
+        """The :class:`PredictionRule` of :attr:`prediction`."""
+        return prediction_rule(self.prediction)
+
+    @property
+    def clock(self) -> Clock:
+        """The network's clock: :attr:`time_input`, unless the prediction requires its own."""
+        return Clock(self.process, self.rule.time_input or self.time_input)
+
     def coefficients(self, t: Tensor) -> Coefficients:
         return Coefficients(self.process, t, self.sigma_data)
 
-    def _time(self, c: Coefficients) -> Tensor:
-        if self.prediction == "edm" or self.time_input == "log_sigma":
-            return torch.log(c.sigma_ve) / 4
-        return self.process.model_time(c.t) if self.time_input == "model" else c.t
+    def network_time(self, c: Coefficients) -> Tensor:
+        """The time ``(B,)`` (float64) the network is given at ``c``: ``self.clock.network_time(c)``."""
+        return self.clock.network_time(c)
 
     def predict(self, x: Tensor, c: Coefficients, cond: Any = None) -> Tensor:
         """The raw network output at native-frame ``x`` (what training losses compare)."""
-        inp = x
-        if self.prediction == "edm":
-            inp = x / _b(c.alpha, x) * _b(c.edm()[2], x)
-        time = self._time(c).to(device=x.device, dtype=x.dtype)
+        rule = self.rule
+        inp = x if rule.net_input is None else rule.net_input(x, c)
+        time = self.network_time(c).to(device=x.device, dtype=x.dtype)
         out = self.net(inp, time) if cond is None else self.net(inp, time, cond)
         if out.shape != x.shape:
             raise ValueError(f"network returned shape {tuple(out.shape)} for input {tuple(x.shape)}")
@@ -182,4 +274,4 @@ class Denoiser(nn.Module):
         sigma64 = as_batch(sigma, y)
         c = self.coefficients(self.process.t_from_sigma(sigma64))
         x = y * _b(c.alpha, y)
-        return x0_from_prediction(self.prediction, self.predict(x, c, cond), x, c)
+        return self.rule.x0(self.predict(x, c, cond), x, c)

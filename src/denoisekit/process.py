@@ -354,3 +354,17 @@ PROCESSES: dict[str, type[Process]] = {
 def get_process(name: str, **kwargs) -> Process:
     """Build a process by registry name, e.g. ``get_process("ddpm", rescale_zero_snr=True)``."""
     return lookup("process", PROCESSES, name)(**kwargs)
+
+
+def start_std(sigma_max: float, process: Process | None = None, prior_std: float | None = None) -> float:
+    """Std of the VE-frame prior ``N(0, std^2 I)`` at ``sigma_max``: ``prior_std`` if given, else the
+    process's (:meth:`Process.prior_std`, ``sqrt(1 + sigma^2)`` for VP), else ``sigma_max`` (VE)."""
+    if process is not None and prior_std is not None:
+        raise ValueError("give either process or prior_std, not both")
+    if prior_std is not None:
+        if not prior_std > 0:
+            raise ValueError(f"prior_std must be > 0, got {prior_std}")
+        return float(prior_std)
+    if process is not None:
+        return float(process.prior_std(sigma_max))
+    return float(sigma_max)

@@ -4,6 +4,7 @@
     denoisekit sample2d runs/moons --sampler dpmpp_2m --nfe 10 --out samples.png --gif traj.gif
     denoisekit train configs/digits-unet.yaml --out runs/digits [--set train.steps=500] [--resume]
     denoisekit sample runs/digits --n 100 --sampler dpmpp_2m --nfe 20 --cfg 2 --label all --out grid.png
+    denoisekit tune runs/digits --nfe 5 --out solver.json && denoisekit sample runs/digits --solver solver.json ...
     denoisekit eval samples.npz --ref digits
     denoisekit train-classifier configs/classifier/digits.yaml --out runs/digits-classifier
     denoisekit list
@@ -27,7 +28,7 @@ from ..process import PROCESSES
 from ..samplers import SAMPLERS
 from ..schedules import SCHEDULES
 from . import image, tools, toy2d
-from .common import PROG, UsageError, _Parser
+from .common import PROG, UsageError, Parser
 
 
 # -------------------------------------------------------------------------------------------- list
@@ -58,8 +59,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Train, sample and evaluate diffusion and flow models.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    parser = Parser(prog=PROG, description="Train, sample and evaluate diffusion and flow models.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name, (help_text, add, run) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add(p)

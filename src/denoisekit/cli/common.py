@@ -17,7 +17,7 @@ class UsageError(Exception):
     """Bad command-line input: reported as one line and exit code 2."""
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # argparse would print the whole usage first
         raise UsageError(f"{message} (see '{self.prog} --help')")
 

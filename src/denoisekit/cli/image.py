@@ -1,10 +1,10 @@
-"""``denoisekit train``, ``sample``, ``eval`` and ``report``: image models from a YAML config."""
+"""``denoisekit train``, ``sample``, ``tune``, ``eval`` and ``report``: image models from a YAML config."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 from .._utils import seeded_generators
+from ..conditioning import condition_keys, image_conditioner
+from ..generation.generate import FILE_PREFIX
 from ..samplers import SAMPLERS
 from ..schedules import SCHEDULES
 from .common import UsageError, key_values, positive_int, threads
@@ -49,7 +51,10 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=positive_int, default=None, help="number of images (default: the config's)")
     p.add_argument("--sampler", default=None, help="sampler (default: the config's; see 'denoisekit list')")
     p.add_argument("--nfe", type=int, default=None, help="model evaluations (default: the config's)")
-    p.add_argument("--schedule", default=None, help=f"step schedule: {', '.join(SCHEDULES)}")
+    p.add_argument("--schedule", default=None,
+                   help=f"step schedule: {', '.join(SCHEDULES)}, or file:PATH (a grid saved by save_sigmas)")
+    p.add_argument("--solver", default=None, metavar="JSON",
+                   help="a learned solver from 'denoisekit tune' (sets the sampler, its weights, grid and NFE)")
     p.add_argument("--sampler-arg", action="append", metavar="KEY=VALUE", help="sampler option, e.g. eta=1")
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 = none)")
     p.add_argument("--cfg-rescale", type=float, default=0.0, metavar="PHI",
@@ -74,57 +79,86 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=None)
 
 
-def _labels(arg: str | None, n: int, num_classes: int | None) -> tuple[torch.Tensor | None, int]:
-    """Per-image labels and the grid's images per row."""
-    if num_classes is None:
-        if arg is not None:
-            raise UsageError("--label given, but this model is not class-conditional")
-        return None, max(1, math.ceil(math.sqrt(n)))
-    if arg is None or arg == "all":
-        per_class = max(1, n // num_classes)
-        return torch.arange(num_classes).repeat_interleave(per_class), per_class
-    try:
-        label = int(arg)
-    except ValueError:
-        raise UsageError(f"--label must be an integer in 0..{num_classes - 1} or 'all', got {arg!r}") from None
-    if not 0 <= label < num_classes:
-        raise UsageError(f"--label {label} is out of range: this model has classes 0..{num_classes - 1}")
-    return torch.full((n,), label), max(1, math.ceil(math.sqrt(n)))
+def _settings(args: argparse.Namespace, model: Any) -> tuple[dict[str, Any], str]:
+    """generate()'s sampler settings (``sampler``, ``nfe``, ``schedule`` or ``solver``; ``sampler_options``), checked
+    before any work, and how they read in the summary line."""
+    from ..samplers.run import nfe_of, steps_for_nfe
+    from ..samplers.tuning.solver import load_solver
+
+    sc, options = model.defaults, key_values(args.sampler_arg, "--sampler-arg")
+    if args.solver is not None:
+        for flag, value in (("--sampler", args.sampler), ("--nfe", args.nfe), ("--schedule", args.schedule)):
+            if value is not None:
+                raise UsageError(f"--solver sets the sampler, its grid and NFE: drop {flag}")
+        solver = load_solver(args.solver)
+        tuned_for = solver.meta.get("weights_sha256")
+        if tuned_for and model.sha256 and tuned_for != model.sha256:
+            print(f"warning: {args.solver} was tuned for other weights ({solver.meta.get('run', '?')}); "
+                  f"it still samples, but was not fitted to this model", file=sys.stderr)
+        return {"solver": solver, "sampler_options": options}, f"learned solver {args.solver}, {solver.nfe} NFE"
+    sampler, nfe = args.sampler or sc.sampler, args.nfe if args.nfe is not None else sc.nfe
+    schedule = args.schedule or sc.schedule
+    if sampler not in SAMPLERS:
+        raise UsageError(f"unknown sampler {sampler!r}; allowed: {', '.join(sorted(SAMPLERS))}")
+    if schedule.startswith(FILE_PREFIX):
+        from ..generation import sampling_grid
+
+        grid = sampling_grid(model, sampler=sampler, nfe=1, schedule=schedule)
+        nfe = nfe_of(sampler, len(grid) - 1, **options)
+    elif schedule not in SCHEDULES:
+        raise UsageError(f"unknown schedule {schedule!r}; allowed: {', '.join(sorted(SCHEDULES))} or {FILE_PREFIX}PATH")
+    else:
+        steps_for_nfe(sampler, nfe, **options)  # checks NFE before any work
+    return {"sampler": sampler, "nfe": nfe, "schedule": schedule, "sampler_options": options}, \
+        f"{sampler}, {nfe} NFE, {schedule}"
 
 
-def _load_classifier(args: argparse.Namespace, config: Any) -> Any:
+def _check_flags(args: argparse.Namespace, model: Any) -> None:
+    """Flags that do not fit the model's condition: one line naming the flag."""
+    kind, text = model.kind, "text" in condition_keys(model.condition)  # the keys its condition kind claims
+    if text and args.label is not None:
+        raise UsageError("--label given, but this model is text-conditional (use --prompt)")
+    if args.prompt or args.prompts_file:
+        if not text:
+            raise UsageError(f"--prompt given, but this model is not text-conditional (condition.kind: {kind})")
+    elif text and not model.captions:
+        raise UsageError("this model is text-conditional: give --prompt TEXT (or --prompts-file)")
+    if model.decoder is not None and args.classifier is not None:
+        raise UsageError("--classifier guides in pixel space; this run samples latents (latent.autoencoder: "
+                         f"{model.config.latent.autoencoder})")
+    if args.classifier is None and args.classifier_scale != 1.0:
+        raise UsageError("--classifier-scale needs --classifier")
+    guided = args.cfg_rescale != 0 or args.cfg_interval is not None or args.negative_prompt is not None
+    if not model.guided and (args.cfg not in (None, 1) or guided):
+        raise UsageError("--cfg, --cfg-rescale, --cfg-interval and --negative-prompt need a class- or "
+                         "text-conditional model")
+    if args.negative_prompt is not None and not text:
+        raise UsageError("--negative-prompt needs a text-conditional model")
+
+
+def _load_classifier(args: argparse.Namespace, model: Any) -> Any:
     """The classifier of ``--classifier`` (guidance toward each image's label), checked against the model."""
     from ..train.classifier import load_classifier
 
-    if config.condition.kind not in ("none", "class"):
-        raise UsageError(f"--classifier guides toward class labels; this model is conditioned on "
-                         f"{config.condition.kind}")
+    if set(condition_keys(model.condition)) - {"labels"}:
+        raise UsageError(f"--classifier guides toward class labels; this model is conditioned on {model.kind}")
     clf = load_classifier(args.classifier)
     # Any process will do: the classifier sees the VE-frame input mapped to its own process's x_t and time.
     classes = clf.info["config"].model.num_classes
-    if config.num_classes is not None and classes != config.num_classes:
-        raise UsageError(f"--classifier {args.classifier} has {classes} classes; the model has {config.num_classes}")
+    if model.num_classes is not None and classes != model.num_classes:
+        raise UsageError(f"--classifier {args.classifier} has {classes} classes; the model has {model.num_classes}")
     return clf
 
 
-def _prompts(args: argparse.Namespace, kind: str, default: list[str]) -> list[str] | None:
-    """The prompts of a text model (``--prompt``, ``--prompts-file``, else the config's ``sample.prompts``)."""
+def _prompts(args: argparse.Namespace) -> list[str] | None:
+    """``--prompt`` and the lines of ``--prompts-file``; None when neither is given (the run's prompts)."""
     given = list(args.prompt or [])
     if args.prompts_file is not None:
         path = Path(args.prompts_file)
         if not path.is_file():
             raise UsageError(f"--prompts-file {str(path)!r} does not exist")
         given += [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if kind != "text":
-        if given:
-            raise UsageError(f"--prompt given, but this model is not text-conditional (condition.kind: {kind})")
-        return None
-    if args.label is not None:
-        raise UsageError("--label given, but this model is text-conditional (use --prompt)")
-    prompts = given or default
-    if not prompts:
-        raise UsageError("this model is text-conditional: give --prompt TEXT (or --prompts-file)")
-    return prompts
+    return given or None
 
 
 def _read_source(path: Path, conditioner: Any, n: int, gens: list[torch.Generator]) -> tuple[Any, Any]:
@@ -168,30 +202,29 @@ def _read_source(path: Path, conditioner: Any, n: int, gens: list[torch.Generato
     return conditioner.degrade(clean, gens[:len(clean)]), clean
 
 
-def _restore(args: argparse.Namespace, out: Path, denoiser: Any, config: Any, image_shape: tuple[int, ...],
-             sampler: str, nfe: int, schedule: str, options: dict[str, Any], n: int) -> int:
+def _restore(args: argparse.Namespace, out: Path, model: Any, settings: dict[str, Any], shown_as: str, n: int) -> int:
     """``sample --source``: image-to-image sampling (Palette) of an image-conditioned run."""
+    from ..data.transforms import tensor_to_uint8
+    from ..engine.runlog import save_image_grid
     from ..pipelines.palette import restore
-    from ..train.image_condition import ImageConditioner
-    from ..train.runlog import save_image_grid
 
-    if config.condition.kind != "image":
-        raise UsageError(f"--source given, but this model is not image-conditioned (condition.kind: "
-                         f"{config.condition.kind})")
+    conditioner = image_conditioner(model.condition)
+    if conditioner is None:
+        raise UsageError(f"--source given, but this model is not image-conditioned (condition.kind: {model.kind})")
     if args.source is None:
         raise UsageError("this model is image-conditioned: give --source (an .npz of images or one image file)")
     for flag, value in (("--prompt", args.prompt), ("--label", args.label), ("--cfg", args.cfg)):
         if value is not None:
             raise UsageError(f"{flag} does not apply to an image-conditioned model")
-    conditioner = ImageConditioner(config.condition_options(), image_shape)
     gens = seeded_generators(args.seed, n)
+    kwargs = {k: v for k, v in settings.items() if k != "sampler_options"}
     try:
         source, truth = _read_source(Path(args.source), conditioner, n, gens)
         count = len(source[0] if isinstance(source, tuple) else source)
         start = time.perf_counter()
         with threads(args.threads or torch.get_num_threads()), torch.no_grad():
-            x = restore(denoiser, conditioner, source, sampler=sampler, nfe=nfe, schedule=schedule,
-                        generator=gens[:count], **options)
+            x = restore(model, conditioner, source, generator=gens[:count], batch_size=args.batch, **kwargs,
+                        **settings["sampler_options"])
     except ValueError as e:
         raise UsageError(f"--source {args.source}: {e}") from None
     seconds = time.perf_counter() - start
@@ -200,107 +233,112 @@ def _restore(args: argparse.Namespace, out: Path, denoiser: Any, config: Any, im
     err = conditioner.consistency(x, source)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".png":
-        rows = [shown, x] + ([truth] if truth is not None else [])
-        save_image_grid(torch.cat(rows), out, len(x))
+        save_image_grid(torch.cat([shown, x] + ([truth] if truth is not None else [])), out, len(x))
     else:
-        from ..data.transforms import tensor_to_uint8
-
         extra = {"truth": tensor_to_uint8(truth)} if truth is not None else {}
         np.savez_compressed(out, images=tensor_to_uint8(x), source=tensor_to_uint8(shown), consistency=err.numpy(),
                             **extra)
-    print(f"{len(x)} {conditioner.task} results from {args.run} ({sampler}, {nfe} NFE) in {seconds:.1f} s; "
-          f"mean consistency error with the input {err.mean().item():.4f}; wrote {out}")
+    print(f"{len(x)} {conditioner.task} results from {args.run} ({shown_as}) in {seconds:.1f} s; mean consistency "
+          f"error with the input {err.mean().item():.4f}; wrote {out}")
     return 0
 
 
 def _run_sample(args: argparse.Namespace) -> int:
-    from ..guidance import ClassifierFreeGuidance
-    from ..sampling import sample, steps_for_nfe
-    from ..train.runlog import save_image_grid
-    from ..train.latent import decode, load_latent_decoder
-    from ..train.trainer import load_run, run_info
+    from ..data.transforms import tensor_to_uint8
+    from ..engine.runlog import save_image_grid
+    from ..pipelines.generate import generate_images
+    from ..train.run import load_model
 
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".npz"):
         raise UsageError(f"--out must end in .png or .npz, got {out.name!r}")
-    denoiser, config = load_run(args.run, weights=args.weights)
-    info = run_info(args.run)
-    decoder = load_latent_decoder(args.run)  # None in pixel space
-    sc = config.sample
-    sampler, nfe = args.sampler or sc.sampler, args.nfe if args.nfe is not None else sc.nfe
-    schedule = args.schedule or sc.schedule
-    if sampler not in SAMPLERS:
-        raise UsageError(f"unknown sampler {sampler!r}; allowed: {', '.join(sorted(SAMPLERS))}")
-    if schedule not in SCHEDULES:
-        raise UsageError(f"unknown schedule {schedule!r}; allowed: {', '.join(sorted(SCHEDULES))}")
-    options = key_values(args.sampler_arg, "--sampler-arg")
-    steps_for_nfe(sampler, nfe, **options)  # checks NFE before any work
-    n = args.n or sc.n
-    kind = config.condition.kind
-    if kind == "image" or args.source is not None:
-        return _restore(args, out, denoiser, config, info["image_shape"], sampler, nfe, schedule, options, n)
-    if decoder is not None and args.classifier is not None:
-        raise UsageError("--classifier guides in pixel space; this run samples latents (latent.autoencoder: "
-                         f"{config.latent.autoencoder})")
-    clf = _load_classifier(args, config) if args.classifier is not None else None
-    prompts = _prompts(args, kind, list(sc.prompts))
-    if prompts is not None:
-        per_row = max(1, n // len(prompts))
-        conds: Any = [p for p in prompts for _ in range(per_row)]
-        n = len(conds)
-    else:
-        classes = config.num_classes if clf is None else clf.info["config"].model.num_classes
-        conds, per_row = _labels(args.label, n, classes)
-        n = len(conds) if conds is not None else n
-    labels = conds if isinstance(conds, torch.Tensor) else None
-    scale = sc.cfg_scale if args.cfg is None else args.cfg
-    guided = args.cfg_rescale != 0 or args.cfg_interval is not None or args.negative_prompt is not None
-    if args.classifier is None and args.classifier_scale != 1.0:
-        raise UsageError("--classifier-scale needs --classifier")
-    if kind not in ("class", "text") and (args.cfg not in (None, 1) or guided):
-        raise UsageError("--cfg, --cfg-rescale, --cfg-interval and --negative-prompt need a class- or "
-                         "text-conditional model")
-    if args.negative_prompt is not None and prompts is None:
-        raise UsageError("--negative-prompt needs a text-conditional model")
-    den: Any = denoiser
-    if kind in ("class", "text") and scale != 1:
+    model = load_model(args.run, weights=args.weights)
+    settings, shown_as = _settings(args, model)
+    n = args.n or model.defaults.n
+    if image_conditioner(model.condition) is not None or args.source is not None:
+        return _restore(args, out, model, settings, shown_as, n)
+    _check_flags(args, model)
+    clf = _load_classifier(args, model) if args.classifier is not None else None
+    label: Any = args.label
+    if label is not None and label != "all":
         try:
-            den = ClassifierFreeGuidance(denoiser, scale, null_label=config.num_classes, rescale=args.cfg_rescale,
-                                         interval=tuple(args.cfg_interval) if args.cfg_interval else None,
-                                         negative=None if args.negative_prompt is None else
-                                         {"text": [args.negative_prompt]})
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-    if clf is not None:
-        from ..guidance import ClassifierGuidance
-
-        den = ClassifierGuidance(den, clf, args.classifier_scale, conditional=kind == "class")
-    gens = seeded_generators(args.seed, n)
-    chunks = []
+            label = int(label)
+        except ValueError:
+            pass  # the pipeline names what it expected
     start = time.perf_counter()
-    with threads(args.threads or torch.get_num_threads()), torch.no_grad():
-        for i in range(0, n, args.batch):
-            j = min(n, i + args.batch)
-            cond = None if conds is None else conds[i:j] if labels is not None else {"text": conds[i:j]}
-            x = sample(den, (j - i, *info["image_shape"]), sampler=sampler, nfe=nfe, schedule=schedule,
-                       cond=cond, generator=gens[i:j], **options)
-            chunks.append(decode(decoder, x) if decoder is not None else x)
-    x = torch.cat(chunks)
+    try:
+        with threads(args.threads or torch.get_num_threads()), torch.no_grad():
+            result = generate_images(
+                model, n, labels=label, prompts=_prompts(args), negative_prompt=args.negative_prompt,
+                cfg_scale=args.cfg, cfg_rescale=args.cfg_rescale,
+                cfg_interval=tuple(args.cfg_interval) if args.cfg_interval else None, classifier=clf,
+                classifier_scale=args.classifier_scale,
+                num_labels=clf.info["config"].model.num_classes if clf is not None else None,
+                seed=args.seed, batch_size=args.batch, **settings)
+    except ValueError as e:
+        raise UsageError(f"{e}") from None
     seconds = time.perf_counter() - start
+    x, n = result.images, len(result.images)
     if not torch.isfinite(x).all():
         raise FloatingPointError("samples contain NaN or inf")
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".png":
-        save_image_grid(x, out, per_row)
+        save_image_grid(x, out, result.per_row)
     else:
-        images = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        lab = labels.numpy() if labels is not None else np.full(n, -1)
-        extra = {"prompts": np.array(conds, dtype=str)} if prompts is not None else {}
-        np.savez_compressed(out, images=images, labels=lab.astype(np.int64), **extra)
-    space = (f"; latents {'x'.join(map(str, info['image_shape']))} decoded to {'x'.join(map(str, x.shape[1:]))}"
-             if decoder is not None else "")
-    print(f"{n} images from {args.run} ({sampler}, {nfe} NFE, {schedule}, cfg {scale:g}) in {seconds:.1f} s "
-          f"({n / seconds:.1f} images/s{space}); wrote {out}")
+        labels = result.labels.numpy() if result.labels is not None else np.full(n, -1)
+        extra = {"prompts": np.array(result.prompts, dtype=str)} if result.prompts is not None else {}
+        np.savez_compressed(out, images=tensor_to_uint8(x), labels=labels.astype(np.int64), **extra)
+    space = (f"; latents {'x'.join(map(str, model.image_shape))} decoded to {'x'.join(map(str, x.shape[1:]))}"
+             if model.decoder is not None else "")
+    scale = model.defaults.cfg_scale if args.cfg is None else args.cfg
+    print(f"{n} images from {args.run} ({shown_as}, cfg {scale:g}) in {seconds:.1f} s ({n / seconds:.1f} "
+          f"images/s{space}); wrote {out}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- tune
+
+def _add_tune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run directory written by 'denoisekit train'")
+    p.add_argument("--nfe", type=positive_int, required=True, help="model evaluations of the solver")
+    p.add_argument("--out", required=True, help="the solver's JSON file (for 'denoisekit sample --solver')")
+    p.add_argument("--samples", type=positive_int, default=512, help="tuning start noises (default 512)")
+    p.add_argument("--eval-samples", type=positive_int, default=256,
+                   help="held-out start noises the tuned and default errors are measured on (default 256)")
+    p.add_argument("--iters", type=int, default=200, help="Adam steps on the grid and weights (default 200)")
+    p.add_argument("--batch", type=positive_int, default=256, help="tuning rows per Adam step (default 256)")
+    p.add_argument("--cfg", type=float, default=None, help="guidance scale the solver is fitted at (default: the config's)")
+    p.add_argument("--seed", type=int, default=0, help="tuning noise i uses seed + i")
+    p.add_argument("--weights", default="ema", choices=("ema", "model"))
+    p.add_argument("--threads", type=positive_int, default=None)
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    from ..generation import Guidance, default_guidance
+    from ..pipelines.tune import BASELINE, tune_solver
+    from ..samplers.tuning.solver import save_solver
+    from ..train.run import load_model
+
+    if args.iters < 0:
+        raise UsageError(f"--iters must be >= 0, got {args.iters}")
+    model = load_model(args.run, weights=args.weights)
+    if args.cfg not in (None, 1) and not model.guided:
+        raise UsageError("--cfg needs a class- or text-conditional model")
+    guidance = default_guidance(model) if args.cfg is None else Guidance(cfg_scale=args.cfg)
+    start = time.perf_counter()
+    with threads(args.threads or torch.get_num_threads()):
+        tuned = tune_solver(model, args.nfe, n_samples=args.samples, eval_samples=args.eval_samples, iters=args.iters,
+                            batch_size=args.batch, seed=args.seed, guidance=guidance)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_solver(out, tuned.solver, meta={"run": str(args.run), "weights": args.weights, "weights_sha256": model.sha256,
+                                         "nfe": args.nfe, "cfg_scale": guidance.cfg_scale, "samples": args.samples,
+                                         "error": tuned.error, "baseline": f"{BASELINE}, {tuned.schedule}",
+                                         "baseline_error": tuned.baseline_error})
+    learned = "learned grid + weights" if tuned.solver.meta.get("learned") else "tuned grid (training did not help)"
+    print(f"tuned a {args.nfe}-NFE solver for {args.run} in {time.perf_counter() - start:.0f} s: mean error "
+          f"{tuned.error:.4g} ({learned}) vs {tuned.baseline_error:.4g} ({BASELINE}, {tuned.schedule} grid) on "
+          f"{tuned.eval_samples} held-out samples; wrote {out}")
     return 0
 
 
@@ -335,8 +373,8 @@ def _add_report(p: argparse.ArgumentParser) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from ..train.runlog import read_log_rows
-    from ..train.trainer import load_run, run_info
+    from ..engine.runlog import read_log_rows
+    from ..train.run import load_run, run_info
 
     run = Path(args.run)
     _, config = load_run(run)
@@ -376,6 +414,7 @@ One row per class, sampled with {config.sample.sampler} at {config.sample.nfe} N
 COMMANDS = {
     "train": ("train an image model from a YAML config", _add_train, _run_train),
     "sample": ("sample a trained run to a PNG grid or an .npz", _add_sample, _run_sample),
+    "tune": ("fit a learned solver (grid and weights) to a run's model for 'sample --solver'", _add_tune, _run_tune),
     "eval": ("FID, KID, precision/recall of samples against a reference", _add_eval, _run_eval),
     "report": ("write report.md for a run from its metrics.json", _add_report, _run_report),
 }

@@ -20,6 +20,7 @@ def _add_trainer_args(p: argparse.ArgumentParser, what: str) -> None:
 
 def _add_train_classifier(p: argparse.ArgumentParser) -> None:
     _add_trainer_args(p, "classifier")
+    p.add_argument("--resume", action="store_true", help="continue exactly from the run's latest checkpoint")
 
 
 def _run_train_classifier(args: argparse.Namespace) -> int:
@@ -27,7 +28,7 @@ def _run_train_classifier(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     with threads(args.threads or torch.get_num_threads()):
-        run_train_classifier(args.config, args.out, args.set)
+        run_train_classifier(args.config, args.out, args.set, resume=args.resume)
     print(f"trained in {time.perf_counter() - start:.0f} s; use it with "
           f"'denoisekit sample RUN --classifier {args.out} --classifier-scale S'")
     return 0

@@ -106,8 +106,8 @@ def _run_sample2d(args: argparse.Namespace) -> int:
 def _sample2d(args: argparse.Namespace) -> int:
     from ..data.toy2d import toy2d_log_prob
     from ..eval.toy2d import model_nll, sliced_wasserstein, wasserstein2
-    from ..plotting import save_scatter, save_trajectory_gif
-    from ..sampling import sample, steps_for_nfe
+    from ..eval.plotting import save_scatter, save_trajectory_gif
+    from ..samplers.run import sample, steps_for_nfe
     from ..train.toy2d import held_out, load_run
 
     if args.nfe < 1:

@@ -5,9 +5,13 @@ scikit-learn (``sklearn.datasets.load_digits``, no download): 8x8 greyscale with
 0..16 (0 = background). They are mapped to ``[-1, 1]`` (background -1), optionally resized with an
 antialiased bilinear/bicubic filter, and split train/test deterministically (stratified per class).
 
-Items: ``image`` float32 ``(1, size, size)`` in ``[-1, 1]``, ``label`` int64 scalar (the digit), and
-``caption`` (``"a handwritten digit 3"``) when ``captions=True``. The whole split is also available as
-tensors ``dataset.images`` ``(N, 1, size, size)`` and ``dataset.labels`` ``(N,)`` for fast batching.
+Items: ``image`` float32 ``(1, size, size)`` in ``[-1, 1]``, ``label`` int64 scalar (the digit),
+``caption`` (``"a handwritten digit 3"``) when ``captions=True``, and ``embedding`` when ``embedding_dim``
+is set: a fixed random projection of the label, ``onehot(label) @ W`` with ``W (10, L * D)`` drawn
+``N(0, 1)`` from ``embedding_seed`` (so every image of a digit has the same vector and the digits' vectors
+are nearly orthogonal), shaped ``(D,)``, or ``(L, D)`` with ``embedding_length``: a stand-in for another
+encoder's output (the ``embedding`` condition kind). The whole split is also available as tensors
+``dataset.images`` ``(N, 1, size, size)`` and ``dataset.labels`` ``(N,)`` for fast batching.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ class DigitsConfig:
     size: output side in pixels (8 is native; 16 or 32 are resized with ``interpolation``).
     split: ``"train"``, ``"test"`` or ``"all"``; the split is stratified per class, ``test_fraction``
         of each class (rounded) in test, chosen by ``seed``.
+    embedding_dim, embedding_length, embedding_seed: the ``embedding`` field (module docstring); none
+        without ``embedding_dim``.
     """
 
     size: int = 8
@@ -43,6 +49,9 @@ class DigitsConfig:
     seed: int = 0
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"
     captions: bool = False
+    embedding_dim: int | None = None
+    embedding_length: int | None = None
+    embedding_seed: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.size, int) or self.size < 1:
@@ -53,6 +62,12 @@ class DigitsConfig:
         check_choice("digits interpolation", self.interpolation, ("bilinear", "bicubic"))
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"digits: test_fraction must be in (0, 1), got {self.test_fraction!r}")
+        for name in ("embedding_dim", "embedding_length"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"digits: {name} must be a positive int or None, got {value!r}")
+        if self.embedding_length is not None and self.embedding_dim is None:
+            raise ValueError("digits: embedding_length needs embedding_dim (the width D of the embeddings)")
 
 
 def _load_sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -96,6 +111,11 @@ class DigitsDataset(Dataset):
         self.images: Tensor = resize_tensor(images, cfg.size, cfg.interpolation).contiguous()
         self.labels: Tensor = torch.from_numpy(target[idx])
         self.indices = idx  # positions in load_digits(), for provenance
+        self.embeddings: Tensor | None = None  # (10, D) or (10, L, D): one per digit
+        if cfg.embedding_dim is not None:
+            shape = (cfg.embedding_dim,) if cfg.embedding_length is None else (cfg.embedding_length, cfg.embedding_dim)
+            g = torch.Generator().manual_seed(cfg.embedding_seed)
+            self.embeddings = torch.randn(len(self.classes), *shape, generator=g)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -106,6 +126,8 @@ class DigitsDataset(Dataset):
         item: dict[str, Any] = {"image": self.images[i], "label": self.labels[i]}
         if self.config.captions:
             item["caption"] = f"a handwritten digit {DIGIT_NAMES[int(self.labels[i])]}"
+        if self.embeddings is not None:
+            item["embedding"] = self.embeddings[int(self.labels[i])]
         return item
 
     def __repr__(self) -> str:

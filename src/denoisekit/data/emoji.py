@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -66,6 +65,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .._utils import check_choice
+from ..io import default_cache_dir, file_sha256, write_atomic
 from .transforms import uint8_to_tensor
 
 #: Where the Debian/Ubuntu, Fedora and Arch packages put the font.
@@ -160,14 +160,6 @@ def find_font(font: str | os.PathLike | None = None) -> Path:
         "the emoji dataset needs the Noto Color Emoji font, which was not found (looked in "
         f"{', '.join(FONT_PATHS)}). Install it with `apt-get install fonts-noto-color-emoji` (Debian/Ubuntu), "
         "or pass font=PATH to a NotoColorEmoji.ttf.")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -361,8 +353,6 @@ def render_all(path: Path, texts: Sequence[str], size: int, background: tuple[in
 def _cache_dir(config: EmojiConfig) -> Path:
     if config.cache_dir is not None:
         return Path(config.cache_dir).expanduser()
-    from ..eval.features import default_cache_dir
-
     return default_cache_dir() / "emoji"
 
 
@@ -388,18 +378,17 @@ def cached_renders(config: EmojiConfig, path: Path, texts: Sequence[str]) -> np.
         except (OSError, ValueError, KeyError):
             pass  # unreadable: render again and overwrite
     images = render_all(path, texts, config.size, rgb, config.padding)
-    try:
+    try:  # a read-only or full cache costs a re-render next time, not this dataset
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".tmp", dir=folder)
-    except OSError:  # a read-only cache costs a re-render next time, not this dataset
-        return images
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, images=images)
-        os.replace(tmp, file)
+        write_atomic(file, lambda p: _save_npz(p, images))
     except OSError:
-        Path(tmp).unlink(missing_ok=True)
+        pass
     return images
+
+
+def _save_npz(path: Path, images: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append .npz to a path
+        np.savez(f, images=images)
 
 
 def split_emoji(n: int, split: str, test_fraction: float, seed: int) -> np.ndarray:

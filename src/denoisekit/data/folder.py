@@ -9,6 +9,12 @@ Layout (the Hugging Face "imagefolder" conventions):
                           ``text`` or ``caption``; when present, the files it lists *are* the dataset
                           (other images are ignored, so exported masks or edge maps beside them are not
                           read as data). Hidden files and folders are ignored.
+  embeddings              optional per-image embeddings (the ``embedding`` condition kind): an ``.npz``
+                          (option ``embeddings``, e.g. ``photos.npz`` beside ``photos/``) with one array per
+                          image keyed by its ``file_name`` (path relative to root), or a ``metadata.jsonl``
+                          key (option ``embedding_key``) holding a list of D numbers or of L lists of D.
+                          Each is a ``(D,)`` vector or ``(L, D)`` sequence, all of one shape; every image
+                          needs one.
 
 Decoding: EXIF orientation applied; transparency composited on white; palette, 16-bit (scaled, not
 clipped), CMYK, greyscale converted to ``channels`` (3 or 1); shorter side resized to ``size`` and
@@ -23,7 +29,8 @@ with their reasons in ``dataset.skipped``; if none remain, ``ValueError``. Image
 decompression bombs (PIL itself also refuses to open files over twice its global limit).
 
 Items: ``image`` float32 ``(channels, size, size)`` in ``[-1, 1]``; ``label`` int64 scalar with classes;
-``caption`` str with a metadata file (``""`` for a listed file without one); ``path`` str.
+``caption`` str with a metadata file (``""`` for a listed file without one); ``embedding`` float32
+``(D,)`` or ``(L, D)`` with embeddings; ``path`` str.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import warnings
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
@@ -62,6 +70,8 @@ class FolderConfig:
     verify: Literal["quick", "full"] = "quick"
     max_pixels: int | None = None
     cache: bool = False
+    embeddings: str | None = None
+    embedding_key: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", os.fspath(self.root))
@@ -79,6 +89,8 @@ class FolderConfig:
             raise ValueError(f"folder: flip_p must be in [0, 1], got {self.flip_p!r}")
         if self.max_pixels is not None and self.max_pixels < 1:
             raise ValueError(f"folder: max_pixels must be positive or None, got {self.max_pixels!r}")
+        if self.embeddings is not None and self.embedding_key is not None:
+            raise ValueError("folder: give embeddings (an .npz) or embedding_key (a metadata.jsonl key), not both")
 
 
 def _is_image_name(name: str) -> bool:
@@ -218,12 +230,57 @@ class FolderDataset(Dataset):
         self.captions: list[str] | None = None
         if has_text:
             self.captions = [self._caption(self.metadata[f]) for f in self.files]
+        self.embeddings = self._read_embeddings(meta_path)
         self.epoch = 0
         self._cache: dict[int, torch.Tensor] = {}
 
     @staticmethod
     def _caption(row: dict[str, Any]) -> str:
         return row.get("text", row.get("caption", ""))
+
+    def _read_embeddings(self, meta_path: str) -> torch.Tensor | None:
+        """``(N, D)`` or ``(N, L, D)`` float32 embeddings of :attr:`files`, from the ``.npz`` or the metadata key."""
+        cfg = self.config
+        if cfg.embeddings is not None:
+            source = cfg.embeddings
+            if not os.path.isfile(source):
+                raise FileNotFoundError(f"folder embeddings {source!r} does not exist")
+            try:
+                archive = np.load(source, allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{source}: cannot read the embeddings ({e})") from None
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise ValueError(f"{source}: expected an .npz with one array per image, keyed by file name")
+            with archive:
+                found = set(archive.files)
+                values = [archive[name] for name in self.files if name in found]
+        elif cfg.embedding_key is not None:
+            source = f"{meta_path} key {cfg.embedding_key!r}"
+            if not self.metadata:
+                raise ValueError(f"folder: embedding_key={cfg.embedding_key!r} needs a {METADATA_FILE} in {cfg.root!r}")
+            found = {name for name in self.files if cfg.embedding_key in self.metadata[name]}
+            values = [self.metadata[name][cfg.embedding_key] for name in self.files if name in found]
+        else:
+            return None
+        missing = [name for name in self.files if name not in found]
+        if missing:
+            more = " ..." if len(missing) > WARN_LIST_LIMIT else ""
+            raise ValueError(f"{source}: no embedding for {len(missing)} image(s): "
+                             f"{', '.join(missing[:WARN_LIST_LIMIT])}{more}")
+        arrays: list[np.ndarray] = []
+        for name, value in zip(self.files, values):
+            try:
+                a = np.asarray(value, dtype=np.float32)
+            except (TypeError, ValueError):
+                raise ValueError(f"{source}: the embedding of {name!r} is not an array of numbers") from None
+            if a.ndim not in (1, 2) or 0 in a.shape or not np.isfinite(a).all():
+                raise ValueError(f"{source}: the embedding of {name!r} must be a finite (D,) vector or (L, D) "
+                                 f"sequence, got shape {a.shape}")
+            if arrays and a.shape != arrays[0].shape:
+                raise ValueError(f"{source}: embeddings must all have one shape; {self.files[0]!r} has "
+                                 f"{arrays[0].shape}, {name!r} has {a.shape}")
+            arrays.append(a)
+        return torch.from_numpy(np.stack(arrays))
 
     def _infer_classes(self) -> tuple[tuple[str, ...], list[int] | None]:
         mode, files = self.config.labels, self.files
@@ -269,6 +326,8 @@ class FolderDataset(Dataset):
             item["label"] = torch.tensor(self.labels[index], dtype=torch.int64)
         if self.captions is not None:
             item["caption"] = self.captions[index]
+        if self.embeddings is not None:
+            item["embedding"] = self.embeddings[index]
         return item
 
     def __repr__(self) -> str:

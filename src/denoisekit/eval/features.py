@@ -4,7 +4,8 @@ FID-style metrics need a fixed network whose penultimate features separate what 
 (Heusel et al. 2017 use Inception-v3, see :mod:`denoisekit.eval.inception`). For a built-in dataset
 no ImageNet network is needed: :func:`train_classifier` fits :class:`FeatureClassifier` to any
 labelled set of images in [-1, 1] (one or several label heads, e.g. digit class, or shape / colour /
-count attributes), deterministically from a seed; :func:`cached_classifier` stores the result under
+count attributes), deterministically from a seed, as a run on the training engine
+(:mod:`denoisekit.eval.feature_recipe`); :func:`cached_classifier` stores the result under
 the cache directory keyed by a hash of the data and the config, so it is trained once per machine.
 The same network gives features (FID, KID, precision/recall), the classifier accuracy of
 class-conditional samples, and their class coverage.
@@ -20,19 +21,20 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
-import time
 import warnings
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..io import default_cache_dir, write_atomic
 
 FORMAT = "denoisekit.feature_classifier/1"
 WEIGHTS_FILE, META_FILE = "model.safetensors", "meta.json"
@@ -104,6 +106,13 @@ class ClassifierConfig:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
 
 
+def resize_images(x: Tensor, size: int) -> Tensor:
+    """Images ``(N, C, H, W)`` at ``size`` x ``size`` (bilinear, antialiased); unchanged when they are already."""
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x
+
+
 def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
 
@@ -140,10 +149,7 @@ class FeatureClassifier(nn.Module):
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"this feature network expects (B, {self.in_channels}, H, W) images in [-1, 1], "
                              f"got shape {tuple(x.shape)}")
-        s = self.config.image_size
-        if x.shape[-2:] != (s, s):
-            x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
-        return x
+        return resize_images(x, self.config.image_size)
 
     def features(self, x: Tensor) -> Tensor:
         """Penultimate-layer features ``(B, feature_dim)`` of images ``(B, C, H, W)`` in [-1, 1]."""
@@ -178,22 +184,6 @@ def extract_features(extractor: Any, images: Any, batch_size: int = 256, device:
     return torch.cat(out)
 
 
-@contextmanager
-def _deterministic(seed: int, threads: int = 1) -> Iterator[None]:
-    """Seeded global RNG, deterministic kernels and a fixed thread count, restored afterwards: the trained
-    weights then depend on the seed only (on one machine; other CPUs may differ in the last bits)."""
-    prev_det, prev_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        torch.use_deterministic_algorithms(True)
-        torch.set_num_threads(threads)
-        try:
-            yield
-        finally:
-            torch.use_deterministic_algorithms(prev_det)
-            torch.set_num_threads(prev_threads)
-
-
 def _as_labels(labels: Any, n: int, num_classes: list[int]) -> Tensor:
     y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, Tensor) else labels).long()
     y = y[:, None] if y.ndim == 1 else y
@@ -207,94 +197,34 @@ def _as_labels(labels: Any, n: int, num_classes: list[int]) -> Tensor:
     return y
 
 
-def _augment(x: Tensor, shift: int, noise: float, g: torch.Generator) -> Tensor:
-    """Random translation (replicate padding, one offset per image) and Gaussian pixel noise."""
-    if shift > 0:
-        b, _, h, w = x.shape
-        padded = F.pad(x, (shift,) * 4, mode="replicate")
-        dy, dx = torch.randint(0, 2 * shift + 1, (2, b), generator=g)
-        rows = (dy[:, None] + torch.arange(h))[:, None, :, None].expand(b, x.shape[1], h, padded.shape[-1])
-        x = padded.gather(2, rows)
-        cols = (dx[:, None] + torch.arange(w))[:, None, None, :].expand(b, x.shape[1], h, w)
-        x = x.gather(3, cols)
-    if noise > 0:
-        x = x + noise * torch.randn(x.shape, generator=g)
-    return x
-
-
-def _accuracy(model: FeatureClassifier, x: Tensor, y: Tensor) -> list[float]:
-    pred = model.predict(x)
-    pred = pred[:, None] if pred.ndim == 1 else pred
-    return [float((pred[:, k] == y[:, k])[y[:, k] >= 0].double().mean()) for k in range(y.shape[1])]
+def _labelled(images: Any, labels: Any, num_classes: int | Sequence[int]) -> tuple[Tensor, Tensor, list[int]]:
+    x = as_images(images, "training images")
+    ncls = [int(c) for c in num_classes] if not isinstance(num_classes, int) else [int(num_classes)]
+    return x, _as_labels(labels, x.shape[0], ncls), ncls
 
 
 def train_classifier(images: Any, labels: Any, num_classes: int | Sequence[int],
                      config: ClassifierConfig = ClassifierConfig(), *, verbose: bool = False) -> FeatureClassifier:
     """Train a :class:`FeatureClassifier` on labelled images, deterministically from ``config.seed``.
 
-    A seeded ``test_fraction`` of the images is held out; ``model.info`` reports per-head test accuracy
-    (``test_accuracy`` is their mean), the split sizes and the training time. AdamW with a one-cycle
+    A run of :class:`~denoisekit.eval.feature_recipe.FeatureNetworkRecipe` on the engine, in a temporary
+    directory: a seeded ``test_fraction`` of the images is held out; ``model.info`` reports per-head test
+    accuracy (``test_accuracy`` is their mean), the split sizes and the training time. AdamW with a one-cycle
     learning rate (warm-up then cosine decay; Smith & Topin 2019), cross-entropy with label smoothing
     (Szegedy et al. 2016), label ``-1`` = missing (ignored). Runs single-threaded with deterministic
     kernels so the weights depend on the seed only.
     """
-    x = as_images(images, "training images")
-    ncls = [int(c) for c in num_classes] if not isinstance(num_classes, int) else [int(num_classes)]
-    y = _as_labels(labels, x.shape[0], ncls)
-    t0 = time.perf_counter()
-    with _deterministic(config.seed):
-        g = torch.Generator().manual_seed(config.seed)
-        perm = torch.randperm(x.shape[0], generator=g)
-        n_test = max(1, int(round(config.test_fraction * x.shape[0])))
-        test, train = perm[:n_test], perm[n_test:]
-        if len(train) < 2:
-            raise ValueError(f"need at least {n_test + 2} images to train with test_fraction {config.test_fraction}")
-        model = FeatureClassifier(x.shape[1], num_classes, config)
-        # resize once: augmentation then happens at the network's own resolution
-        xs = model._resize(x)
-        steps_per_epoch = math.ceil(len(train) / config.batch_size)
-        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch)
-        model.train()
-        for epoch in range(config.epochs):
-            order = train[torch.randperm(len(train), generator=g)]
-            total = 0.0
-            for i in range(0, len(order), config.batch_size):
-                idx = order[i:i + config.batch_size]
-                xb = _augment(xs[idx], config.shift, config.noise, g)
-                loss = sum(F.cross_entropy(lg, y[idx, k], ignore_index=-1, label_smoothing=config.label_smoothing)
-                           for k, lg in enumerate(model(xb)))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += loss.item() * len(idx)
-            if verbose:
-                print(f"feature classifier epoch {epoch + 1}/{config.epochs}: loss {total / len(train):.4f}")
-        model.eval()
-        acc = _accuracy(model, xs[test], y[test])
-    model.info = {"test_accuracy": sum(acc) / len(acc), "test_accuracy_per_head": acc, "n_train": len(train),
-                  "n_test": n_test, "train_seconds": time.perf_counter() - t0}
-    return model.requires_grad_(False)
+    x, y, ncls = _labelled(images, labels, num_classes)
+    with tempfile.TemporaryDirectory(prefix="denoisekit-features-") as tmp:
+        return _train("", x, y, ncls, config, Path(tmp), verbose)
 
 
-def default_cache_dir() -> Path:
-    """``$DENOISEKIT_CACHE``, else ``$XDG_CACHE_HOME/denoisekit``, else ``~/.cache/denoisekit``."""
-    if os.environ.get("DENOISEKIT_CACHE"):
-        return Path(os.environ["DENOISEKIT_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "denoisekit"
+def _train(name: str, x: Tensor, y: Tensor, ncls: list[int], config: ClassifierConfig, tmp: Path,
+           verbose: bool) -> FeatureClassifier:
+    from .feature_recipe import FeatureRunConfig, train_feature_network  # at call time: it builds on this module
 
-
-def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    run_config = FeatureRunConfig.create(config, name, x, y, ncls)
+    return _load_cached(train_feature_network(run_config, x, y, tmp / "run", verbose=verbose), run_config.key)
 
 
 def cache_key(name: str, images: Tensor, labels: Tensor, num_classes: Any, config: ClassifierConfig) -> str:
@@ -333,11 +263,8 @@ def cached_classifier(name: str, images: Any, labels: Any, num_classes: int | Se
     cannot be read is retrained with a warning. ``model.info["cache"]`` says where it lives and whether it
     was ``"loaded"`` or ``"trained"``.
     """
-    from safetensors.torch import save_file
 
-    x = as_images(images, "training images")
-    ncls = [int(c) for c in num_classes] if not isinstance(num_classes, int) else [int(num_classes)]
-    y = _as_labels(labels, x.shape[0], ncls)
+    x, y, ncls = _labelled(images, labels, num_classes)
     key = cache_key(name, x, y, ncls, config)
     folder = (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / "features" \
         / f"{name}-{key}"
@@ -349,18 +276,16 @@ def cached_classifier(name: str, images: Any, labels: Any, num_classes: int | Se
         except Exception as e:  # corrupt or partial files: json, safetensors and torch raise their own types
             warnings.warn(f"feature network cache {folder} is unreadable ({type(e).__name__}: {e}); retraining",
                           stacklevel=2)
-    model = train_classifier(x, y if len(ncls) > 1 else y[:, 0], num_classes, config, verbose=verbose)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": FORMAT, "key": key, "name": name, "in_channels": model.in_channels, "num_classes": ncls,
-            "multi_head": model.multi_head, "config": dataclasses.asdict(config), "info": model.info,
-            "torch": torch.__version__}
-    try:  # weights first: meta.json appearing last marks a complete entry
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_atomic(folder / WEIGHTS_FILE, lambda p: save_file(state, p))
-        _write_atomic(folder / META_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
-    except OSError as e:  # a read-only or full disk costs a retrain next time, not this result
-        warnings.warn(f"cannot write the feature network cache {folder} ({e}); it will be retrained next time",
-                      stacklevel=2)
+    with tempfile.TemporaryDirectory(prefix="denoisekit-features-") as tmp:
+        model = _train(name, x, y, ncls, config, Path(tmp), verbose)
+        run = Path(tmp) / "run"
+        try:  # weights first: meta.json appearing last marks a complete entry
+            folder.mkdir(parents=True, exist_ok=True)
+            for file in (WEIGHTS_FILE, META_FILE):
+                write_atomic(folder / file, lambda p, f=file: shutil.copyfile(run / f, p))
+        except OSError as e:  # a read-only or full disk costs a retrain next time, not this result
+            warnings.warn(f"cannot write the feature network cache {folder} ({e}); it will be retrained next time",
+                          stacklevel=2)
     model.info.update(cache=str(folder), cache_status="trained")
     return model
 

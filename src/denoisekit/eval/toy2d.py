@@ -6,7 +6,7 @@
 - :func:`wasserstein2`: the exact 2-Wasserstein distance between two equal-size empirical measures,
   an optimal assignment on squared distances (Kuhn's Hungarian problem, solved by scipy).
 - :func:`model_nll`: negative log-likelihood in nats of points under a model's probability-flow
-  ODE (Song et al. 2021b, App. D.2), through :func:`denoisekit.likelihood.nll`.
+  ODE (Song et al. 2021b, App. D.2), through :func:`denoisekit.eval.likelihood.nll`.
 
 For a translation by ``v``: ``W2 = |v|`` and, in ``D`` dimensions, ``SW_2 = |v| / sqrt(D)``.
 """
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..likelihood import nll
+from .likelihood import nll
 
 
 def _points(x: Tensor, name: str) -> Tensor:

@@ -18,8 +18,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._utils import as_batch
-from ..prediction import Denoiser, TimeInput
+from ..prediction import Clock, TimeInput
 from ..process import Process
 from .layers import TimestepEmbedding, as_time, check_divisible
 from .unet import AttentionBlock, Block, ResBlock
@@ -125,31 +124,30 @@ class NoiseClassifier(nn.Module):
 class NoisyClassifier(nn.Module):
     """A noisy-image classifier as a VE-frame ``classifier(y, sigma) -> logits (B, K)`` for any process.
 
-    The network gets the native-frame ``x = alpha * y`` and the time a
-    :class:`~denoisekit.prediction.Denoiser` with the same ``process`` and ``time_input`` would give its
-    network (``"model"``: the process's clock; ``"t"``; ``"log_sigma"``: ``log(sigma_ve) / 4``), so a
-    classifier trained on ``x_t`` of a process guides any sampler through
+    The network gets what a :class:`~denoisekit.prediction.Denoiser` with the same ``process`` and
+    ``time_input`` gives its network: the native-frame ``x = alpha * y`` and the time of their shared
+    :class:`~denoisekit.prediction.Clock` (``"model"``: the process's clock; ``"t"``; ``"log_sigma"``:
+    ``log(sigma_ve) / 4``), so a classifier trained on ``x_t`` of a process guides any sampler through
     :class:`~denoisekit.guidance.ClassifierGuidance`.
     """
 
     def __init__(self, net: nn.Module, process: Process, time_input: TimeInput = "model"):
         super().__init__()
-        self.net, self.process, self.time_input = net, process, time_input
-        # The Denoiser adapter owns the process -> (alpha, network time) conventions; its net is unused here.
-        self._clock = Denoiser(_unused, process, "x0", time_input=time_input)
+        self.net, self.clock = net, Clock(process, time_input)
         self.info: dict[str, Any] = {}  # filled by training / loading: accuracy by noise level, config
+
+    @property
+    def process(self) -> Process:
+        return self.clock.process
+
+    @property
+    def time_input(self) -> TimeInput:
+        return self.clock.time_input
 
     def logits_native(self, x: Tensor, t: Tensor) -> Tensor:
         """Logits of native-frame ``x`` at process times ``t`` ``(B,)`` (what training feeds)."""
-        time = self._clock._time(self._clock.coefficients(t))
-        return self.net(x, time.to(device=x.device, dtype=x.dtype))
+        return self.net(x, self.clock.time(t).to(device=x.device, dtype=x.dtype))
 
     def forward(self, y: Tensor, sigma: Tensor | float) -> Tensor:
         """Logits ``(B, K)`` of VE-frame ``y`` ``(B, ...)`` at VE noise ``sigma`` (scalar or ``(B,)``)."""
-        t = self.process.t_from_sigma(as_batch(sigma, y))
-        alpha = self.process.alpha(t).to(device=y.device, dtype=y.dtype)
-        return self.logits_native(y * alpha.reshape((-1,) + (1,) * (y.ndim - 1)), t)
-
-
-def _unused(x: Tensor, time: Tensor) -> Tensor:
-    raise AssertionError("NoisyClassifier uses its Denoiser only for the time input")
+        return self.net(*self.clock.native(y, sigma))

@@ -9,7 +9,8 @@ Network call convention (what :class:`~denoisekit.prediction.Denoiser` calls)::
 :class:`TimestepEmbedding` uses log-spaced frequencies over [1e-3, 1e3] (times ``time_scale``), so
 every one of these ranges is resolved by some frequencies and wrapped by none of the low ones.
 
-``cond`` is parsed once, by :func:`parse_conditioning`, into a :class:`Conditioning`:
+``cond`` is parsed once, by :func:`parse_conditioning`, into a :class:`Conditioning`. Its keys are the
+network keys of :mod:`denoisekit.condition` (``COND_KEYS``):
 
 =================  ==========================  =================================================
 key                shape                       meaning
@@ -18,11 +19,13 @@ key                shape                       meaning
 ``context``        (B, L, D_ctx) float         token embeddings for cross-attention (text)
 ``context_mask``   (B, L) bool (or 0/1)        True = real token; False tokens are ignored
 ``concat``         (B, C_extra, H, W) float    extra input channels (Palette-style image cond.)
+``embedding``      (B, [L,] D_ctx) float       vectors or tokens, appended to the context tokens
 =================  ==========================  =================================================
 
 A bare integer tensor is ``{"labels": cond}``. Missing ``labels`` on a class-conditional model means
 the null label; missing ``context`` (or a row whose tokens are all masked) means cross-attention adds
-nothing for that sample. Missing ``concat`` on a model built with ``concat_channels > 0`` is an error:
+nothing for that sample. An ``embedding`` is read as ``L`` more context tokens (``L = 1`` for a vector),
+always attended. Missing ``concat`` on a model built with ``concat_channels > 0`` is an error:
 there is no natural "null image", so a silent zero would hide a bug (pass zeros explicitly).
 """
 
@@ -36,9 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..condition import NETWORK_KEYS
+
 #: Range of the log-spaced frequencies applied to ``time_scale * time`` (as in ``models/mlp.py``).
 FREQ_RANGE = (1e-3, 1e3)
-COND_KEYS = ("labels", "context", "context_mask", "concat")
+COND_KEYS = NETWORK_KEYS
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,8 +137,8 @@ def parse_conditioning(cond: Any, x: Tensor, *, num_classes: int | None = None,
         if context.ndim != 3 or context.shape[0] != b or context.shape[2] != context_dim:
             raise ValueError(f"context must have shape ({b}, L, {context_dim}), got {tuple(context.shape)}")
         if context.shape[1] == 0:  # no tokens: nothing to attend to, as with no context
-            return Conditioning(labels, None, None, _concat(parts, x, concat_channels))
-        if "context_mask" in parts:
+            context = None
+        elif "context_mask" in parts:
             mask = torch.as_tensor(parts["context_mask"], device=x.device)
             if mask.shape != context.shape[:2]:
                 raise ValueError(f"context_mask must have shape {tuple(context.shape[:2])}, got {tuple(mask.shape)}")
@@ -142,8 +147,25 @@ def parse_conditioning(cond: Any, x: Tensor, *, num_classes: int | None = None,
             mask = mask.bool()
     elif "context_mask" in parts:
         raise ValueError("got a context_mask without a context")
+    if "embedding" in parts:
+        tokens = _embedding(parts["embedding"], x, context_dim)
+        if context is not None and mask is not None:
+            mask = torch.cat([mask, mask.new_ones(tokens.shape[:2])], 1)
+        context = tokens if context is None else torch.cat([context, tokens], 1)
 
     return Conditioning(labels, context, mask, _concat(parts, x, concat_channels))
+
+
+def _embedding(value: Any, x: Tensor, context_dim: int | None) -> Tensor:
+    """``(B, D)`` vectors or ``(B, L, D)`` sequences as ``(B, L, D)`` context tokens (``L = 1`` for vectors)."""
+    if context_dim is None:
+        raise ValueError("this model has no cross-attention (context_dim=None) but got an embedding")
+    tokens = torch.as_tensor(value, device=x.device).to(x.dtype)
+    tokens = tokens[:, None] if tokens.ndim == 2 else tokens
+    if tokens.ndim != 3 or tokens.shape[0] != x.shape[0] or tokens.shape[2] != context_dim or not tokens.shape[1]:
+        raise ValueError(f"cond['embedding'] must have shape ({x.shape[0]}, {context_dim}) or ({x.shape[0]}, L, "
+                         f"{context_dim}) (model.context_dim={context_dim}), got {tuple(torch.as_tensor(value).shape)}")
+    return tokens
 
 
 def _concat(parts: dict[str, Any], x: Tensor, channels: int) -> Tensor | None:

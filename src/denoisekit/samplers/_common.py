@@ -1,22 +1,20 @@
-"""What every sampler shares: grid checks, the checked denoiser call, and the callback payload."""
+"""What every sampler shares: grid checks, the checked denoiser call, and the callback payload.
+
+``DenoiserFn``, the contract every sampler takes, is :mod:`denoisekit.denoiser`'s; it is re-imported here.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
+from ..denoiser import DenoiserFn
 from ..schedules import check_sigmas
 
 Callback = Callable[[dict[str, Any]], None]
-
-
-class DenoiserFn(Protocol):
-    """The contract: ``(y (B, ...), sigma (B,), cond) -> x0_hat (B, ...)`` in the VE frame."""
-
-    def __call__(self, y: Tensor, sigma: Tensor, cond: Any = None) -> Tensor: ...
 
 
 def sigma_list(sigmas: Tensor, *, increasing: bool = False) -> list[float]:

@@ -9,7 +9,7 @@ with weights ``w_i`` (one per earlier evaluation). The bracket is exact whenever
 constant along the path, whatever the weights, so every member is consistent. ``w_ij = 0`` is DDIM (Euler
 in sigma); ``w_i,i-1 = -h_i / (2 h_{i-1})`` with ``h_i = log(sigma_i / sigma_{i+1})`` is DPM-Solver++(2M)
 (the default, :func:`dpmpp_2m_weights`, first order on the first and the last step, as
-``sample_dpmpp_2m``). :func:`denoisekit.solver_opt.optimize_solver` fits the weights and the grid to one
+``sample_dpmpp_2m``). :func:`denoisekit.samplers.tuning.solver.optimize_solver` fits the weights and the grid to one
 model and NFE budget.
 """
 
@@ -57,7 +57,7 @@ def check_weights(weights: Sequence[Any], steps: int) -> list[Tensor]:
 def multistep(denoiser: DenoiserFn, x: Tensor, sigmas: Tensor, weights: Sequence[Tensor], *, cond: Any = None,
               callback: Callback | None = None) -> Tensor:
     """The update of the module docstring on a tensor grid, differentiable in ``x``, ``sigmas`` and ``weights``
-    (what :func:`~denoisekit.solver_opt.optimize_solver` trains through). No validation: see
+    (what :func:`~denoisekit.samplers.tuning.solver.optimize_solver` trains through). No validation: see
     :func:`sample_multistep`."""
     history: list[Tensor] = []
     for i in range(sigmas.shape[0] - 1):
@@ -77,7 +77,7 @@ def multistep(denoiser: DenoiserFn, x: Tensor, sigmas: Tensor, weights: Sequence
 def sample_multistep(denoiser: DenoiserFn, x: Tensor, sigmas: Tensor, *, weights: Sequence[Any] | None = None,
                      cond: Any = None, generator: GeneratorLike = None, callback: Callback | None = None) -> Tensor:
     """The linear multistep sampler of the module docstring: 1 NFE per step, deterministic. ``weights``:
-    one sequence of ``i`` numbers for step ``i`` (e.g. a :class:`~denoisekit.solver_opt.LearnedSolver`'s,
+    one sequence of ``i`` numbers for step ``i`` (e.g. a :class:`~denoisekit.samplers.tuning.solver.LearnedSolver`'s,
     on its own grid); None is DPM-Solver++(2M)."""
     grid = check_sigmas(sigmas)
     steps = grid.shape[0] - 1

@@ -3,12 +3,12 @@ and which images it trains and is evaluated on.
 
 A YAML file has one mapping per section of :class:`AutoencoderTrainConfig`::
 
-    data:          {name: shapes, size: 32}            # denoisekit.config.DataConfig
+    data:          {name: shapes, size: 32}            # denoisekit.train.config.DataConfig
     model:         {factor: 4, channels: 64}           # denoisekit.models.autoencoder.AutoencoderConfig
     discriminator: {layers: 2}                         # denoisekit.models.discriminator.DiscriminatorConfig
     loss:          {reconstruction: l1, disc_start: 2000}
-    optim:         {lr: 2.0e-4}                        # denoisekit.config.OptimConfig + disc_lr
-    train:         {steps: 10000, batch_size: 32}      # denoisekit.config.TrainConfig
+    optim:         {lr: 2.0e-4}                        # denoisekit.train.config.OptimConfig + disc_lr
+    train:         {steps: 10000, batch_size: 32}      # denoisekit.train.config.TrainConfig
     eval:          {held_out: 1000}
 
 Overrides ``--set section.key=value`` are typed per key, as for diffusion runs.
@@ -25,11 +25,11 @@ from typing import Any, Literal
 from torch.utils.data import Subset
 
 from .._utils import check_choice
-from ..config import (DataConfig, OptimConfig, TrainConfig, apply_overrides, build_entry, key_type,
-                      _plain, read_config_file, _section_from_dict, _unknown_key)
 from ..models.autoencoder import AutoencoderConfig
 from ..models.discriminator import DiscriminatorConfig
-from ..options import _hints, option_schema
+from ..options import (apply_overrides, build_entry, check_sections, option_schema, read_config_file, section_to_dict,
+                       sections_from_dict)
+from .config import DataConfig, OptimConfig, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class AutoencoderLossConfig:
 
 @dataclass(frozen=True)
 class AutoencoderOptimConfig(OptimConfig):
-    """:class:`~denoisekit.config.OptimConfig` for one AdamW over two parameter groups: the autoencoder at
+    """:class:`~denoisekit.train.config.OptimConfig` for one AdamW over two parameter groups: the autoencoder at
     ``lr``, the discriminator at ``disc_lr`` (None: ``lr``), both on the same warm-up/decay schedule.
     Defaults as LDM: ``betas = (0.5, 0.9)``; ``grad_clip`` (autoencoder only) off, as the per-image-sum
     losses have gradient norms in the thousands."""
@@ -99,7 +99,7 @@ SECTIONS: dict[str, type] = {"data": DataConfig, "model": AutoencoderConfig, "di
 @dataclass(frozen=True)
 class AutoencoderTrainConfig:
     """A whole autoencoder run, one section per component (YAML: ``configs/autoencoder/shapes-f4.yaml``).
-    ``data`` and ``train`` are the diffusion runs' sections (:mod:`denoisekit.config`), without gradient
+    ``data`` and ``train`` are the diffusion runs' sections (:mod:`denoisekit.train.config`), without gradient
     accumulation or mixed precision. The discriminator takes the model's ``in_channels``."""
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -111,9 +111,7 @@ class AutoencoderTrainConfig:
     eval: AutoencoderEvalConfig = field(default_factory=AutoencoderEvalConfig)
 
     def __post_init__(self) -> None:
-        for name, cls in SECTIONS.items():
-            if not isinstance(getattr(self, name), cls):
-                raise ValueError(f"{name}: expected a {cls.__name__}, got {type(getattr(self, name)).__name__}")
+        check_sections(self, SECTIONS)
         if self.train.grad_accum != 1 or self.train.mixed_precision != "no":
             raise ValueError("train.grad_accum and train.mixed_precision are not supported for autoencoders "
                              "(leave them at 1 and 'no')")
@@ -123,26 +121,10 @@ class AutoencoderTrainConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], overrides: Sequence[str] = ()) -> AutoencoderTrainConfig:
         """Build from the YAML layout, after ``"section.key=value"`` overrides typed per key."""
-        d = apply_overrides(d, overrides, sections=SECTIONS, typed=_field_type)
-        for key in d:
-            if key not in SECTIONS:
-                raise _unknown_key(str(key), "<top level>", list(SECTIONS))
-        return cls(**{name: _section_from_dict(name, sc, d.get(name) or {}) for name, sc in SECTIONS.items()})
+        return cls(**sections_from_dict(apply_overrides(d, overrides, SECTIONS), SECTIONS))
 
     def to_dict(self) -> dict[str, Any]:
-        out = {name: {f.name: _plain(getattr(getattr(self, name), f.name))
-                      for f in dataclasses.fields(getattr(self, name)) if f.name != "options"} for name in SECTIONS}
-        out["data"].update(_plain(self.data.options))
-        return out
-
-
-def _field_type(raw: Mapping[str, Any], section: str, name: str) -> Any:
-    if section == "data":  # the diffusion runs' data section: its options are typed by the dataset
-        return key_type(raw, "data", name)
-    names = [f.name for f in dataclasses.fields(SECTIONS[section])]
-    if name not in names:
-        raise _unknown_key(f"{section}.{name}", section, names)
-    return _hints(SECTIONS[section]).get(name, Any)
+        return {name: section_to_dict(getattr(self, name)) for name in SECTIONS}
 
 
 def load_autoencoder_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> AutoencoderTrainConfig:

@@ -3,9 +3,11 @@
 The classifier learns ``p(c | x_t, t)`` on images noised by a process exactly as the diffusion model is
 trained: times drawn by :func:`~denoisekit.losses.sample_times` (``uniform``, ``lognormal``,
 ``logit_normal``), ``x_t = alpha x0 + sigma eps``, cross-entropy on the labels, AdamW with warm-up and
-a cosine learning rate (:func:`~denoisekit.train.trainer.lr_factor`). Every draw comes from one seeded
-generator, so a run is deterministic on a CPU. A held-out fraction of the data measures accuracy at a
-list of VE-frame noise levels. A config file (``configs/classifier/digits.yaml``)::
+a cosine learning rate (:func:`~denoisekit.engine.optim.lr_factor`). It is a recipe
+(:class:`NoiseClassifierRecipe`) on the training engine, so a run is a run directory (log, checkpoints,
+exact resume, several processes) and each sample's noise level and noise come from its own seeded
+generator. A held-out fraction of the data measures accuracy at a list of VE-frame noise levels. A config
+file (``configs/classifier/digits.yaml``)::
 
     data:    {name: digits, size: 8, split: all}          # any labelled image dataset
     model:   {in_channels: 1, num_classes: 10, channels: 32, channel_mult: [1, 2]}
@@ -13,39 +15,40 @@ list of VE-frame noise levels. A config file (``configs/classifier/digits.yaml``
     optim:   {lr: 2.0e-3, weight_decay: 0.01, schedule: cosine}
     train:   {steps: 1500, batch_size: 128, noise_levels: lognormal}
 
-A saved classifier is a directory with ``model.safetensors`` and ``classifier.json`` (format, the
-resolved config, accuracy by noise level), both written atomically; :func:`load_classifier` returns the
+A saved classifier is a directory (a run directory, when trained there) with ``model.safetensors`` and
+``classifier.json`` (format, the resolved config, accuracy by noise level), both written atomically; :func:`load_classifier` returns the
 VE-frame :class:`~denoisekit.models.classifier.NoisyClassifier` that
 :class:`~denoisekit.guidance.ClassifierGuidance` takes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
-import time
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 import yaml
-from torch import Tensor
+from torch import Tensor, nn
 
-from .._utils import check_choice, lookup
-from ..config import (DataConfig, OptimConfig, ProcessConfig, _section_from_dict, apply_overrides, key_type,
-                      read_config_file)
+from .._utils import check_choice, lookup, randn
+from ..engine import Engine, Recipe
+from ..engine.checkpoint import load_weights
+from ..io import load_json_format, load_tensors, save_tensors, write_atomic, write_text_atomic
 from ..losses import NOISE_LEVELS, NoiseLevels, sample_times
 from ..models.classifier import NoiseClassifier, NoiseClassifierConfig, NoisyClassifier
-from ..options import _hints, build_entry
+from ..options import apply_overrides, build_entry, read_config_file, section_to_dict, sections_from_dict
+from ..prediction import Clock
 from ..process import get_process
-from .checkpoint import (load_json_format, load_tensors, load_weights, save_tensors, write_atomic,
-                         write_text_atomic)
-from .trainer import lr_factor
+from .config import DataConfig, OptimConfig, ProcessConfig
 
 FORMAT = "denoisekit.noise_classifier/1"
 WEIGHTS_FILE, META_FILE, CONFIG_FILE = "model.safetensors", "classifier.json", "config.yaml"
@@ -53,9 +56,11 @@ WEIGHTS_FILE, META_FILE, CONFIG_FILE = "model.safetensors", "classifier.json", "
 
 @dataclass(frozen=True)
 class ClassifierTraining:
-    """The loop: ``steps`` AdamW steps on random batches of ``batch_size``; noise levels drawn by
-    ``noise_levels`` (with ``p_mean``, ``p_std``; see :mod:`denoisekit.losses`); ``test_fraction`` of the
-    data held out (by ``seed``) to measure accuracy at the VE-frame noise levels ``eval_sigmas``."""
+    """The run: ``steps`` AdamW steps on batches of ``batch_size`` from the engine's seeded data stream;
+    noise levels drawn by ``noise_levels`` (with ``p_mean``, ``p_std``; see :mod:`denoisekit.losses`);
+    ``test_fraction`` of the data held out (by ``seed``) to measure accuracy at the VE-frame noise levels
+    ``eval_sigmas``. The engine's keys as in :class:`~denoisekit.train.config.TrainConfig`; by default one
+    checkpoint at the end (``save_every: 0``) and the first non-finite step stops the run."""
 
     steps: int = 1500
     batch_size: int = 128
@@ -67,14 +72,27 @@ class ClassifierTraining:
     test_fraction: float = 0.15
     eval_sigmas: tuple[float, ...] = (0.05, 0.2, 0.5, 1.0, 2.0, 5.0, 20.0)
     log_every: int = 100
+    grad_accum: int = 1
+    mixed_precision: Literal["no", "bf16"] = "no"
+    save_every: int = 0
+    keep_last: int = 1
+    max_nan_steps: int = 1
+    device: Literal["auto", "cpu"] = "cpu"
 
     def __post_init__(self) -> None:
         if isinstance(self.eval_sigmas, list):
             object.__setattr__(self, "eval_sigmas", tuple(float(s) for s in self.eval_sigmas))
         check_choice("noise level distribution", self.noise_levels, NOISE_LEVELS)
-        for name in ("steps", "batch_size", "log_every"):
+        check_choice("train.mixed_precision", self.mixed_precision, ("no", "bf16"))
+        check_choice("train.device", self.device, ("auto", "cpu"))
+        for name in ("steps", "batch_size", "log_every", "grad_accum", "keep_last", "max_nan_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if not isinstance(self.save_every, int) or self.save_every < 0:
+            raise ValueError(f"train.save_every must be an integer >= 0 (0: at the end), got {self.save_every!r}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"train.batch_size ({self.batch_size}) must be a multiple of train.grad_accum "
+                             f"({self.grad_accum})")
         if self.p_std <= 0:
             raise ValueError(f"train.p_std must be > 0, got {self.p_std}")
         if not 0 <= self.label_smoothing < 1:
@@ -88,7 +106,7 @@ class ClassifierTraining:
 @dataclass(frozen=True)
 class ClassifierRunConfig:
     """A classifier run: dataset, network, process (``prediction`` is unused: the network predicts
-    logits), optimiser and loop, one frozen dataclass per section as in :mod:`denoisekit.config`."""
+    logits), optimiser and loop, one frozen dataclass per section as in :mod:`denoisekit.train.config`."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: NoiseClassifierConfig = field(default_factory=NoiseClassifierConfig)
@@ -101,37 +119,19 @@ SECTIONS: dict[str, type] = {"data": DataConfig, "model": NoiseClassifierConfig,
                              "optim": OptimConfig, "train": ClassifierTraining}
 
 
-def _section_dict(section: Any) -> dict[str, Any]:
-    body = {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.name != "options"}
-    body.update(getattr(section, "options", {}))
-    return json.loads(json.dumps(body))  # tuples -> lists: plain YAML/JSON values
-
-
 def classifier_config_to_dict(config: ClassifierRunConfig) -> dict[str, Any]:
     """The YAML layout: one mapping per section, a section's options flattened into it."""
-    return {name: _section_dict(getattr(config, name)) for name in SECTIONS}
+    return {name: section_to_dict(getattr(config, name)) for name in SECTIONS}
 
 
 def classifier_config_from_dict(d: Mapping[str, Any], overrides: Sequence[str] = ()) -> ClassifierRunConfig:
     """Build and validate a :class:`ClassifierRunConfig` from the YAML layout and ``"section.key=value"``
     overrides (typed per key); errors name the key and list the valid ones."""
-    raw = apply_overrides(d, overrides, sections=SECTIONS, typed=_key_type)
-    unknown = sorted(set(raw) - set(SECTIONS))
-    if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r}; valid keys at '<top level>': {', '.join(SECTIONS)}")
+    raw = apply_overrides(d, overrides, SECTIONS)
+    sections_from_dict(raw, SECTIONS)  # unknown sections and keys fail here, before the defaults below
     # the classifier's optimiser defaults differ from a diffusion run's: keys not given take them
-    raw["optim"] = {**_section_dict(ClassifierRunConfig().optim), **(raw.get("optim") or {})}
-    return ClassifierRunConfig(**{name: _section_from_dict(name, cls, raw.get(name) or {})
-                                  for name, cls in SECTIONS.items()})
-
-
-def _key_type(raw: Mapping[str, Any], section: str, name: str) -> Any:
-    if section in ("data", "process", "optim"):  # the run config's own sections: their options are typed there
-        return key_type(raw, section, name)
-    fields = [f.name for f in dataclasses.fields(SECTIONS[section])]
-    if name not in fields:
-        raise ValueError(f"unknown key '{section}.{name}'; valid keys at {section!r}: {', '.join(sorted(fields))}")
-    return _hints(SECTIONS[section]).get(name, Any)
+    raw["optim"] = {**section_to_dict(ClassifierRunConfig().optim), **(raw.get("optim") or {})}
+    return ClassifierRunConfig(**sections_from_dict(raw, SECTIONS))
 
 
 def load_classifier_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> ClassifierRunConfig:
@@ -170,59 +170,111 @@ def labelled_images(config: ClassifierRunConfig) -> tuple[Tensor, Tensor]:
     return images, labels
 
 
-def train_noise_classifier(config: ClassifierRunConfig, *, verbose: bool = False,
-                           device: Any = "cpu") -> tuple[NoisyClassifier, dict[float, float]]:
-    """Train a :class:`NoiseClassifier` on noisy images of ``config.process``; return the VE-frame
-    classifier (in eval mode) and its held-out accuracy at each of ``train.eval_sigmas``.
+class NoiseClassifierRecipe(Recipe):
+    """Cross-entropy of a :class:`NoiseClassifier` on ``x_t = alpha x0 + sigma eps`` of ``config.process``
+    (Dhariwal & Nichol 2021, Sec. 4), each sample's time and noise from its own generator; after the last
+    step, the held-out accuracy by noise level and the files of :func:`save_classifier` in the run dir."""
 
-    ``classifier.info`` also holds the final training loss, the split sizes and the training time.
+    name = "noise_classifier"
+    resumable = Recipe.resumable + ("train.eval_sigmas", "train.device")
+
+    def __init__(self, config: ClassifierRunConfig):
+        super().__init__(config)
+        tc = config.train
+        self.process = get_process(config.process.name, **config.process.options)
+        bad = [s for s in tc.eval_sigmas if not self.process.sigma_min <= s <= self.process.sigma_max]
+        if bad:
+            raise ValueError(f"train.eval_sigmas {bad} outside the process's range "
+                             f"[{self.process.sigma_min:.4g}, {self.process.sigma_max:.4g}]")
+        self.clock = Clock(self.process, config.process.time_input)
+        self.held_out: tuple[Tensor, Tensor] | None = None
+        self.running_loss: float | None = None  # exponential average of the loss (0.95), for ``info``
+        self.last_loss: Tensor | None = None
+        self.result: NoisyClassifier | None = None
+
+    def config_to_dict(self) -> dict[str, Any]:
+        return classifier_config_to_dict(self.config)
+
+    def config_from_file(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+        return classifier_config_to_dict(load_classifier_config(path))
+
+    def build_dataset(self) -> Any:
+        """The training split as items; the seeded ``test_fraction`` is held out for :meth:`finish`."""
+        tc = self.config.train
+        images, labels = labelled_images(self.config)
+        perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(tc.seed))
+        n_test = max(1, round(tc.test_fraction * len(labels)))
+        test, train = perm[:n_test], perm[n_test:]
+        if len(train) < 1:
+            raise ValueError(f"{len(labels)} images leave nothing to train on with test_fraction {tc.test_fraction}")
+        self.held_out = (images[test], labels[test])
+        return [{"image": images[i], "label": labels[i]} for i in train.tolist()]
+
+    def collate(self, items: Sequence[Mapping[str, Any]]) -> Any:
+        return {"image": torch.stack([it["image"] for it in items]), "label": torch.stack([it["label"] for it in items])}
+
+    def build(self, engine: Engine) -> dict[str, nn.Module]:
+        with torch.random.fork_rng(devices=[]):  # the initialisation from the seed, the global RNG untouched
+            torch.manual_seed(self.config.train.seed)
+            return {"net": NoiseClassifier(self.config.model)}
+
+    def step(self, batch: Any, gens: Sequence[torch.Generator], engine: Engine) -> dict[str, Tensor]:
+        tc, dev = self.config.train, engine.device
+        x0, y = batch["image"].to(dev), batch["label"].to(dev)
+        t = sample_times(self.process, len(x0), tc.noise_levels, p_mean=tc.p_mean, p_std=tc.p_std, generator=gens)
+        t = t.to(dev)
+        x_t = self.process.add_noise(x0, randn(x0.shape, gens, device=dev), t)
+        logits = self.module("net")(x_t, self.clock.time(t).to(device=dev, dtype=x_t.dtype))
+        loss = F.cross_entropy(logits, y, label_smoothing=tc.label_smoothing)
+        self.last_loss = loss.detach()
+        return {"loss": loss}
+
+    def after_update(self, engine: Engine) -> None:
+        assert self.last_loss is not None
+        v = float(self.last_loss)
+        self.running_loss = v if self.running_loss is None else 0.95 * self.running_loss + 0.05 * v
+
+    def state(self) -> dict[str, Any]:
+        return {"running_loss": self.running_loss}
+
+    def load_state(self, state: Mapping[str, Any], source: str) -> None:
+        self.running_loss = state.get("running_loss")
+
+    def finish(self, engine: Engine) -> None:
+        assert self.held_out is not None
+        tc, (x, y) = self.config.train, self.held_out
+        clf = NoisyClassifier(self.modules["net"], self.process, self.config.process.time_input)
+        clf.eval().requires_grad_(False)
+        accuracy = accuracy_by_noise(clf, x.to(engine.device), y.to(engine.device), tc.eval_sigmas, tc.seed)
+        clf.info = {"accuracy": accuracy, "final_loss": self.running_loss, "n_train": len(engine.dataset),
+                    "n_test": len(y), "train_seconds": engine.elapsed}
+        save_classifier(engine.out, clf, self.config, accuracy)
+        self.result = clf
+
+
+def train_noise_classifier(config: ClassifierRunConfig, *, verbose: bool = False, device: Any = None,
+                           out: str | os.PathLike[str] | None = None,
+                           resume: bool = False) -> tuple[NoisyClassifier, dict[float, float]]:
+    """Train a :class:`NoiseClassifier` on noisy images of ``config.process`` (a
+    :class:`NoiseClassifierRecipe` run on the engine, into ``out`` or a temporary directory); return the
+    VE-frame classifier (in eval mode) and its held-out accuracy at each of ``train.eval_sigmas``.
+
+    ``device`` (default ``train.device``) picks the CPU or accelerate's device; ``classifier.info`` also holds
+    the final training loss, the split sizes and the training time. The caller's global RNG is untouched.
     """
-    tc, o = config.train, config.optim
-    process = get_process(config.process.name, **config.process.options)
-    bad = [s for s in tc.eval_sigmas if not process.sigma_min <= s <= process.sigma_max]
-    if bad:
-        raise ValueError(f"train.eval_sigmas {bad} outside the process's range "
-                         f"[{process.sigma_min:.4g}, {process.sigma_max:.4g}]")
-    images, labels = labelled_images(config)
-    start = time.perf_counter()
-    g = torch.Generator().manual_seed(tc.seed)
-    perm = torch.randperm(len(labels), generator=g)
-    n_test = max(1, round(tc.test_fraction * len(labels)))
-    test, train = perm[:n_test], perm[n_test:]
-    if len(train) < 1:
-        raise ValueError(f"{len(labels)} images leave nothing to train on with test_fraction {tc.test_fraction}")
-    x_train, y_train = images[train].to(device), labels[train].to(device)
-    with torch.random.fork_rng(devices=[]):  # initialisation and dropout from the seed, the global RNG untouched
-        torch.manual_seed(tc.seed)
-        clf = NoisyClassifier(NoiseClassifier(config.model), process, config.process.time_input).to(device)
-        opt = torch.optim.AdamW(clf.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(
-            s, warmup=o.warmup_steps, total=tc.steps, schedule=o.schedule, min_ratio=o.min_lr_ratio))
-        clf.train()
-        running = 0.0
-        for step in range(tc.steps):
-            idx = torch.randint(0, len(train), (tc.batch_size,), generator=g)
-            t = sample_times(process, tc.batch_size, tc.noise_levels, p_mean=tc.p_mean, p_std=tc.p_std, generator=g)
-            x0 = x_train[idx.to(device)]
-            eps = torch.randn(x0.shape, generator=g).to(device)
-            logits = clf.logits_native(process.add_noise(x0, eps, t.to(device)), t.to(device))
-            loss = F.cross_entropy(logits, y_train[idx.to(device)], label_smoothing=tc.label_smoothing)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"classifier loss is {loss.item()} at step {step}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if o.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(clf.parameters(), o.grad_clip)
-            opt.step()
-            sched.step()
-            running = loss.item() if step == 0 else 0.95 * running + 0.05 * loss.item()
-            if verbose and ((step + 1) % tc.log_every == 0 or step + 1 == tc.steps):
-                print(f"classifier step {step + 1}/{tc.steps}: loss {running:.4f}", flush=True)
-    clf.eval().requires_grad_(False)
-    accuracy = accuracy_by_noise(clf, images[test].to(device), labels[test].to(device), tc.eval_sigmas, tc.seed)
-    clf.info = {"accuracy": accuracy, "final_loss": running, "n_train": len(train), "n_test": n_test,
-                "train_seconds": time.perf_counter() - start}
-    return clf, accuracy
+    if device is not None:
+        target = "cpu" if torch.device(device).type == "cpu" else "auto"
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, device=target))
+    recipe = NoiseClassifierRecipe(config)
+    with contextlib.ExitStack() as stack:
+        run = out if out is not None else stack.enter_context(tempfile.TemporaryDirectory(prefix="denoisekit-clf-"))
+        with torch.random.fork_rng(devices=[]):
+            Engine(recipe, run, resume=resume, progress=verbose).fit()
+        # the main process finished the run; the others read what it saved (after the engine's barrier)
+        clf = recipe.result if recipe.result is not None else load_classifier(run)
+    if device is not None:
+        clf = clf.to(device)
+    return clf, clf.info["accuracy"]
 
 
 @torch.no_grad()
@@ -284,12 +336,12 @@ def load_classifier(path: str | os.PathLike[str], device: Any = "cpu") -> NoisyC
 
 
 def run_train_classifier(config_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-                         overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """``denoisekit train-classifier CONFIG OUT [--set k=v]``: train, save to ``out_dir``, print and return
-    the accuracy by noise level."""
+                         overrides: Sequence[str] = (), *, resume: bool = False) -> dict[str, Any]:
+    """``denoisekit train-classifier CONFIG --out OUT [--set k=v] [--resume]``: train into the run directory
+    ``out_dir`` (which then also holds :func:`save_classifier`'s files), print and return the accuracy by
+    noise level."""
     config = load_classifier_config(config_path, overrides)
-    clf, accuracy = train_noise_classifier(config, verbose=True)
-    save_classifier(out_dir, clf, config, accuracy)
+    clf, accuracy = train_noise_classifier(config, verbose=True, out=out_dir, resume=resume)
     print(f"held-out accuracy by noise level ({clf.info['n_test']} images, {clf.info['train_seconds']:.0f} s):")
     for sigma, acc in accuracy.items():
         print(f"  sigma {sigma:<8g} {acc:.3f}")

@@ -4,7 +4,7 @@ Rombach et al. 2022 ("LDM", Sec. 3 and 4.3.2): a first-stage autoencoder maps an
 to ``z = (E(x) - shift) * scale_factor`` of shape ``(latent_channels, H/f, W/f)``; the diffusion model
 is trained on ``z`` exactly as on pixels (the noising, losses, samplers and guidance do not change),
 and a sample ``z`` becomes an image ``D(z / scale_factor + shift)``. A run's ``latent`` config section
-(:class:`~denoisekit.config.LatentConfig`) names the autoencoder directory; the :class:`Trainer` then
+(:class:`~denoisekit.train.config.LatentConfig`) names the autoencoder directory; the :class:`Trainer` then
 wraps its dataset in a :class:`LatentDataset`, so ``image_shape`` is the latent shape, the checkpoints
 record the autoencoder (:func:`latent_record`), sample grids are decoded, and ``denoisekit sample``
 decodes with :func:`load_latent_decoder`. ``load_run`` and a metrics hook see the latent-space denoiser.
@@ -37,8 +37,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..models.autoencoder import Autoencoder
-from .checkpoint import STATE_FILE, latest_checkpoint, load_json, load_tensors, save_tensors, write_atomic
-from .data_stream import stream_seeds
+from ..generation.model import decode  # noqa: F401  (decode lives with generation; re-exported)
+from ..io import default_cache_dir, load_json, load_tensors, save_tensors, write_atomic
+from ..engine.stream import stream_seeds
 
 CACHE_FORMAT = "denoisekit.latents/1"
 _POSTERIOR = 0x706F7374  # stream tag "post": the noise of posterior samples
@@ -54,17 +55,6 @@ def weights_sha256(module: torch.nn.Module) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-@torch.no_grad()
-def decode(autoencoder: Autoencoder, z: Tensor, *, batch_size: int = 256) -> Tensor:
-    """Images ``(B, C, H, W)`` in ``[-1, 1]`` from scaled latents ``(B, latent_channels, h, w)``
-    (``D(z / scale_factor + shift)``, LDM Sec. 4.3.2), decoded in batches on the autoencoder's device."""
-    if len(z) == 0:
-        raise ValueError("decode: no latents given")
-    p = next(autoencoder.parameters())
-    return torch.cat([autoencoder.decode_latents(part.to(p.device, p.dtype)).clamp(-1, 1).to(z.device)
-                      for part in z.split(batch_size)])
 
 
 @torch.no_grad()
@@ -183,7 +173,7 @@ class LatentDataset(Dataset):
 def open_autoencoder(path: str | os.PathLike[str]) -> tuple[Autoencoder, tuple[int, ...] | None]:
     """The autoencoder in directory ``path`` and the image shape ``(C, H, W)`` it was trained on (None if
     not recorded). Missing or corrupt files raise ``FileNotFoundError`` / ``ValueError`` naming them."""
-    from .autoencoder import META, load_autoencoder  # imported here: it imports the trainer, which imports us
+    from .autoencoder_io import META, load_autoencoder
 
     ae = load_autoencoder(path)
     p = Path(path)
@@ -194,10 +184,11 @@ def open_autoencoder(path: str | os.PathLike[str]) -> tuple[Autoencoder, tuple[i
 
 def _model_channels(config: Any) -> tuple[int | None, int | None]:
     """The diffusion network's ``in_channels`` and ``out_channels`` (given or defaulted), where it has them."""
-    from ..config import _entry
     from ..options import option_schema
 
-    _, _, cls = option_schema(_entry("model", config.model.name))
+    from .config import ModelConfig
+
+    _, _, cls = option_schema(ModelConfig.entry(config.model.name))
     opts = config.model.options
 
     def value(name: str) -> int | None:
@@ -211,7 +202,7 @@ def latent_dataset(config: Any, dataset: Any, *, device: Any = "cpu", progress: 
     """A run's dataset in the latent space of ``config.latent.autoencoder`` (a :class:`LatentDataset` whose
     ``autoencoder`` is on ``device`` and ``record`` is :func:`latent_record`), after checking that the
     autoencoder loads, was trained on images like the dataset's, and that the model takes its latents."""
-    from ..config import _plain
+    from ..options import plain
 
     lc = config.latent
     try:
@@ -232,10 +223,9 @@ def latent_dataset(config: Any, dataset: Any, *, device: Any = "cpu", progress: 
             raise ValueError(f"model.{key} is {got}, but the autoencoder {lc.autoencoder} makes latents of shape "
                              f"{latent} (latent_channels={c.latent_channels}, {shape[1]}/{c.factor} x "
                              f"{shape[2]}/{c.factor}): set model.{key}={latent[0]}")
-    from ..eval.features import default_cache_dir
 
     wrapped = LatentDataset(dataset, ae.to(device), sample_posterior=lc.sample_posterior, seed=config.train.seed,
-                            identity={"name": config.data.name, "options": _plain(config.data.options)},
+                            identity={"name": config.data.name, "options": plain(config.data.options)},
                             cache_dir=default_cache_dir() / "latents" if lc.cache else None, progress=progress)
     wrapped.record = latent_record(lc.autoencoder, ae, shape, wrapped.latent_shape)
     return wrapped
@@ -255,34 +245,3 @@ def check_latent_resume(checkpoint: Path, state: Mapping[str, Any], record: Mapp
     if old is not None and old != record["sha256"]:
         raise ValueError(f"cannot resume from {checkpoint}: the autoencoder {record['autoencoder']} has changed "
                          f"since (weights sha256 {old[:12]}... then, {record['sha256'][:12]}... now)")
-
-
-def load_latent_decoder(run_dir: str | os.PathLike[str], *,
-                        checkpoint: str | os.PathLike[str] | None = None) -> Autoencoder | None:
-    """The autoencoder that turns a latent run's samples into images (eval mode, CPU), or None for a
-    pixel-space run. Looks for it at the configured path (relative to the working directory), then the
-    path resolved at training time and relative to the run directory; refuses one whose weights differ
-    from the ones the run was trained with."""
-    from ..config import load_config
-    from .autoencoder import META, load_autoencoder
-    from .trainer import CHECKPOINTS, RUN_CONFIG
-
-    run = Path(run_dir)
-    config = load_config(run / RUN_CONFIG)
-    if config.latent.autoencoder is None:
-        return None
-    ckpt = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run / CHECKPOINTS)
-    record = load_json(ckpt / STATE_FILE).get("latent") if ckpt is not None else None
-    record = record if isinstance(record, dict) else {}
-    tried = [Path(config.latent.autoencoder)]
-    tried += [Path(record["resolved"])] if record.get("resolved") else []
-    tried += [run / config.latent.autoencoder]
-    found = next((p for p in tried if (p / META).is_file()), None)
-    if found is None:
-        raise FileNotFoundError(f"{run}: its autoencoder is missing (looked for {META} in "
-                                f"{', '.join(dict.fromkeys(map(str, tried)))}); put it back at latent.autoencoder")
-    ae = load_autoencoder(found)
-    if record.get("sha256") and weights_sha256(ae) != record["sha256"]:
-        raise ValueError(f"the autoencoder at {found} is not the one {run} was trained with (weights sha256 "
-                         f"{weights_sha256(ae)[:12]}..., the run recorded {record['sha256'][:12]}...)")
-    return ae

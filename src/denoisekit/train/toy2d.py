@@ -1,7 +1,9 @@
 """Train a diffusion model on a 2-D toy dataset, and load the run back as a denoiser.
 
-A run directory holds three files, written atomically (temp file, fsync, ``os.replace``: the helpers
-of :mod:`denoisekit.train.checkpoint`) so an interrupted run never leaves a half-written file:
+:func:`train_toy2d` runs :class:`~denoisekit.train.recipes.toy2d.Toy2DRecipe` on the engine
+(:mod:`denoisekit.engine.loop`, in a temporary run directory) and exports a run directory of three files,
+written atomically (temp file, fsync, ``os.replace``: :mod:`denoisekit.io`) so an interrupted run never
+leaves a half-written file:
 
 - ``config.json``: every setting (:class:`Toy2DConfig`: data, process and its kwargs, prediction,
   model config, loss, optimiser, steps, seed); enough to rebuild the model;
@@ -15,10 +17,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import json
 import math
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +34,8 @@ from ..losses import DiffusionLoss
 from ..models import MODELS
 from ..prediction import PREDICTIONS, Denoiser
 from ..process import PROCESSES, get_process
-from .checkpoint import load_json, load_tensors, load_weights, save_tensors, write_atomic, write_text_atomic
-from .ema import EMA
+from ..engine.checkpoint import load_weights
+from ..io import load_json, load_tensors, save_tensors, write_atomic, write_text_atomic
 
 CONFIG_FILE, WEIGHTS_FILE, LOSS_FILE = "config.json", "model.safetensors", "loss.csv"
 FORMAT = "denoisekit.toy2d/1"
@@ -148,75 +150,23 @@ def save_weights(net: nn.Module, path: Path, metadata: dict[str, str] | None = N
     write_atomic(path, lambda tmp: save_tensors(tmp, net.state_dict(), metadata))
 
 
-def _adamw(net: nn.Module, config: Toy2DConfig) -> torch.optim.Optimizer:
-    """AdamW (Loshchilov & Hutter 2019); the fused kernel where available (one op instead of ~30 per step)."""
-    kwargs: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
-    try:
-        return torch.optim.AdamW(net.parameters(), fused=True, **kwargs)
-    except (RuntimeError, TypeError, ValueError):  # older torch: no fused CPU kernel
-        return torch.optim.AdamW(net.parameters(), **kwargs)
-
-
-def _lr_factor(step: int, warmup: int) -> float:
-    """Linear warmup over ``warmup`` steps, then constant."""
-    return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
-
-
 def train_toy2d(config: Toy2DConfig, *, progress: bool = True) -> Path:
     """Train per ``config`` and return the run directory ``config.out``.
 
     AdamW with linear warmup to a constant learning rate, gradient clipping, and an EMA of the
-    weights (:class:`~denoisekit.train.ema.EMA`, "warmup" profile: decay
+    weights (:class:`~denoisekit.engine.ema.EMA`, "warmup" profile: decay
     ``min(decay, (1 + k) / (10 + k))``, so early averages are not dominated by the initialisation).
-    Batches are drawn from a fixed training set of ``n_train`` points; the whole run is
+    Batches are read from a fixed training set of ``n_train`` points; the whole run is
     deterministic given ``config.seed``.
     """
-    from tqdm.auto import tqdm
+    from ..engine.loop import Engine
+    from .recipes.toy2d import Toy2DRecipe
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / CONFIG_FILE, json.dumps(config.to_dict(), indent=2) + "\n")
-    data = sample_toy2d(config.data, config.n_train, config.seed)
-    denoiser = build_denoiser(config)
-    net = denoiser.net
-    ema = EMA(net, "warmup", config.ema_decay)
-    opt = _adamw(net, config)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, config.warmup))
-    g = torch.Generator().manual_seed(config.seed + 1)
-    rows: list[tuple[int, float, float]] = []
-    running, count = 0.0, 0
-
-    def checkpoint(step: int) -> None:
-        save_weights(ema.module, out / WEIGHTS_FILE, {"format": FORMAT, "weights": "ema", "step": str(step)})
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["step", "loss", "lr"])
-        writer.writerows((s, f"{v:.6g}", f"{lr:.6g}") for s, v, lr in rows)
-        write_text_atomic(out / LOSS_FILE, buf.getvalue())
-
-    bar = tqdm(range(config.steps), desc=f"train {config.data}", disable=not progress, dynamic_ncols=True,
-               mininterval=0.5)
-    for step in bar:
-        x0 = data[torch.randint(0, config.n_train, (config.batch,), generator=g)]
-        loss = config.loss(denoiser, x0, generator=g).mean()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss.item()} at step {step}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
-        opt.step()
-        sched.step()
-        ema.update(net)
-        running, count = running + loss.item(), count + 1
-        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-            rows.append((step + 1, running / count, opt.param_groups[0]["lr"]))
-            bar.set_postfix(loss=f"{running / count:.4f}")
-            running, count = 0.0, 0
-        if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < config.steps:
-            checkpoint(step + 1)
-    checkpoint(config.steps)
-    bar.close()
+    with tempfile.TemporaryDirectory(prefix="denoisekit-toy2d-") as tmp:  # checkpoints, log.csv: not kept
+        Engine(Toy2DRecipe(config), tmp, progress=progress).fit()
     return out
 
 

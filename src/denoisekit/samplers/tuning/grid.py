@@ -47,13 +47,13 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 from torch import Tensor
 
-from ._utils import GeneratorLike, check_choice, randn
-from .likelihood import start_std
-from .process import Process
-from .samplers import SAMPLERS, STOCHASTIC, get_sampler
-from .samplers.adaptive import solve_pf_ode
-from .sampling import steps_for_nfe
-from .schedules import check_sigmas, get_sigmas_exponential, get_sigmas_karras, get_sigmas_polyexponential
+from ..._utils import GeneratorLike, check_choice, randn
+from ...condition import index_condition, rows_of
+from ...process import Process, start_std
+from .. import SAMPLERS, STOCHASTIC, get_sampler
+from ..adaptive import solve_pf_ode
+from ..run import steps_for_nfe
+from ...schedules import check_sigmas, get_sigmas_exponential, get_sigmas_karras, get_sigmas_polyexponential
 
 #: Samplers a fixed grid can be optimised for: deterministic and taking one step per grid pair.
 OPTIMIZABLE = tuple(sorted(set(SAMPLERS) - STOCHASTIC - {"ode"}))
@@ -84,12 +84,13 @@ def tuning_batch(denoiser: Any, *, sigma_max: float, shape: Sequence[int], n_sam
                  cond: Any = None, ref_tol: float = 1e-7, dtype: torch.dtype = torch.float64,
                  device: Any = None) -> TuningBatch:
     """``(y_T, Phi(y_T))``: ``n_samples`` start noises ``N(0, s^2 I)`` of shape ``(n_samples, *shape)``
-    at ``sigma_max`` (``s`` from ``process``/``prior_std`` as :func:`~denoisekit.likelihood.start_std`)
+    at ``sigma_max`` (``s`` from ``process``/``prior_std`` as :func:`~denoisekit.process.start_std`)
     and their exact probability-flow ODE endpoints (:func:`~denoisekit.samplers.solve_pf_ode` at
     tolerance ``ref_tol``). Build it once and pass it as ``batch`` to several :func:`optimize_sigmas`
     calls (samplers, NFE budgets) for the same model."""
     if not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
+    check_tuning_condition(cond, n_samples)
     std = start_std(sigma_max, process, prior_std)
     y_T = randn((n_samples, *shape), generator, device=device, dtype=dtype) * std
     with torch.no_grad():
@@ -123,9 +124,12 @@ def _start_grids(init: str | Tensor | Sequence[float], steps: int, sigma_min: fl
     return grids
 
 
-def _rows(cond: Any, idx: Tensor, n: int) -> Any:
-    """The rows ``idx`` of a per-sample ``cond`` (a tensor with ``n`` rows); any other ``cond`` as is."""
-    return cond[idx] if isinstance(cond, Tensor) and cond.ndim > 0 and cond.shape[0] == n else cond
+def check_tuning_condition(cond: Any, n: int) -> None:
+    """``ValueError`` unless ``cond`` has one row per start noise of the tuning batch (or none per sample)."""
+    rows = rows_of(cond)
+    if rows not in (None, n):
+        raise ValueError(f"cond has {rows} rows but the tuning batch has {n} start noises: give one row per "
+                         f"start noise (n_samples)")
 
 
 def optimize_sigmas(denoiser: Any, sampler: str, nfe: int, *, sigma_min: float, sigma_max: float,
@@ -149,7 +153,8 @@ def optimize_sigmas(denoiser: Any, sampler: str, nfe: int, *, sigma_min: float, 
     ``objective``: ``"l2"`` (mean distance) or ``"mse"`` (mean squared distance).
     The tuning batch is ``batch`` (from :func:`tuning_batch`) or ``n_samples`` fresh start noises of one
     sample's ``shape`` drawn from ``generator`` (``process``, ``prior_std``, ``cond``, ``ref_tol``,
-    ``dtype``, ``device`` as there); a per-sample tensor ``cond`` must have a row per start noise.
+    ``dtype``, ``device`` as there); ``cond`` (labels or a dict, :mod:`denoisekit.condition`) has a row
+    per start noise.
     Each loss evaluation runs the sampler on ``n_eval`` of them (all if ``n_eval >= n_samples``),
     stratified as in the module docstring. ``restarts`` distinct scanned grids are searched coarsely;
     ``iters`` caps the sweeps of each pattern search, which stops once its step (in ``log sigma``)
@@ -184,6 +189,7 @@ def optimize_sigmas(denoiser: Any, sampler: str, nfe: int, *, sigma_min: float, 
         raise ValueError(f"a tuning batch is (start noises, endpoints) of equal shape, got {tuple(y_T.shape)} "
                          f"and {tuple(ref.shape)}")
     n = y_T.shape[0]
+    check_tuning_condition(cond, n)
     run = get_sampler(sampler, **options)
     floor = math.log(sigma_min)
 
@@ -194,7 +200,7 @@ def optimize_sigmas(denoiser: Any, sampler: str, nfe: int, *, sigma_min: float, 
         if not bool((grid[1:] < grid[:-1]).all()):  # two levels merged in exp's rounding
             return bad
         try:
-            out = run(denoiser, y_T[idx], grid, cond=_rows(cond, idx, n))
+            out = run(denoiser, y_T[idx], grid, cond=index_condition(cond, idx))
         except FloatingPointError:  # a grid on which the sampler blows up is just a bad grid
             return bad
         sq = ((out - ref[idx]) ** 2).reshape(idx.numel(), -1).sum(1).to(torch.float64)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-_DATA, _NOISE, _LOADER = 0x64617461, 0x6E6F6973, 0x6C6F6164  # stream tags: "data", "nois", "load"
+_DATA, NOISE_STREAM, LOADER_STREAM = 0x64617461, 0x6E6F6973, 0x6C6F6164  # stream tags: "data", "nois", "load"
 
 
 def stream_seeds(seed: int, tag: int, index: int, count: int = 1) -> np.ndarray:

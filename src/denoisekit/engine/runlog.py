@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .checkpoint import write_atomic, write_text_atomic
+from ..io import write_atomic, write_text_atomic
 
 
 def save_image_grid(images: Tensor, path: str | os.PathLike[str], per_row: int, *, min_cell: int = 32) -> None:
@@ -68,8 +68,10 @@ class RunLog:
 
     FIELDS = ("step", "loss", "lr", "grad_norm", "nan_skipped", "images_per_s", "elapsed_s")
 
-    def __init__(self, out: Path, step: int, *, resumed: bool):
+    def __init__(self, out: Path, step: int, *, resumed: bool, fields: Sequence[str] | None = None):
         self.out = out
+        if fields is not None:
+            self.FIELDS = tuple(fields)
         self.files = {"log": (out / "log.csv", self.FIELDS), "metrics": (out / "metrics.csv", ("step", "name", "value"))}
         for path, fields in self.files.values():
             rows = [r for r in self._rows(path) if int(r["step"]) <= step] if resumed else []

@@ -21,13 +21,15 @@ import random
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from ..io import fsync_dir, fsync_file, load_json_format, load_tensors, save_tensors
 
 FORMAT = "denoisekit.checkpoint/1"
 MODEL_FILE, EMA_FILE, OPTIM_FILE, STATE_FILE = "model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json"
@@ -36,89 +38,6 @@ _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 
 def step_dir_name(step: int) -> str:
     return f"step_{step:08d}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Atomic files
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a directory entry (a rename) to disk; a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) -> None:
-    """Write ``path`` via ``write(tmp)`` to a temporary file beside it, fsync, then ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a run directory is meant to be shared
-        _fsync_file(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    write_atomic(path, lambda p: p.write_text(text))
-
-
-def save_tensors(path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Save tensors (moved to CPU, made contiguous) to a safetensors file (not atomically: see callers)."""
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    save_file(state, str(path), metadata=metadata)
-
-
-def load_tensors(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """Read a safetensors file; a missing file is ``FileNotFoundError``, a corrupt one ``ValueError``."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing")
-    try:
-        return load_file(str(path))
-    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
-        raise ValueError(f"{path}: cannot read safetensors ({e})") from None
-
-
-def load_json(path: str | os.PathLike[str]) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-
-
-def load_json_format(path: str | os.PathLike[str], fmt: str) -> dict[str, Any]:
-    """A JSON object whose ``"format"`` is ``fmt`` (our files say what they are); else ``ValueError``."""
-    data = load_json(path)
-    if not isinstance(data, dict) or data.get("format") != fmt:
-        found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"{path}: format is {found!r}, expected {fmt!r}")
-    return data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,7 +150,7 @@ def save_checkpoint(root: str | os.PathLike[str], step: int, *, model: Mapping[s
         doc = {"format": FORMAT, "step": step, "optimizer": optim_rest, **state}
         (tmp / STATE_FILE).write_text(json.dumps(doc, indent=1, allow_nan=True) + "\n")
         for f in tmp.iterdir():
-            _fsync_file(f)
+            fsync_file(f)
         fsync_dir(tmp)
         if final.exists():  # re-saving a step (after a resume): swap, never delete first
             old = root / f".old-{final.name}-{os.getpid()}"
@@ -285,3 +204,18 @@ def load_weights(net: nn.Module, state: Mapping[str, Tensor], source: str) -> No
         if state[k].is_floating_point() and not torch.isfinite(state[k]).all():
             raise ValueError(f"{source}: tensor {k!r} contains NaN or inf")
     net.load_state_dict(dict(state))
+
+
+def load_delta(net: nn.Module, delta: Mapping[str, Tensor], source: str) -> None:
+    """Overwrite the tensors of ``net`` named in ``delta`` (a run that trained part of a base); every name must
+    exist with its shape and be finite. Errors name the file and the tensor."""
+    expected = net.state_dict()
+    unknown = sorted(set(delta) - set(expected))
+    if unknown:
+        raise ValueError(f"{source}: the delta names tensors the model does not have: {', '.join(unknown[:8])}")
+    for k, v in delta.items():
+        if v.shape != expected[k].shape:
+            raise ValueError(f"{source}: tensor {k!r} has shape {tuple(v.shape)}, the model needs {tuple(expected[k].shape)}")
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise ValueError(f"{source}: tensor {k!r} contains NaN or inf")
+    net.load_state_dict(dict(delta), strict=False)

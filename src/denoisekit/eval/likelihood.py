@@ -25,28 +25,14 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ._utils import GeneratorLike, check_choice, randn
-from .process import Process
+from .._utils import GeneratorLike, check_choice, randn
+from ..process import Process, start_std
 
 Divergence = Literal["auto", "exact", "hutchinson"]
 Probe = Literal["rademacher", "gaussian"]
 
 #: ``divergence="auto"`` uses the exact trace up to this many dimensions per sample.
 EXACT_MAX_DIM = 16
-
-
-def start_std(sigma_max: float, process: Process | None = None, prior_std: float | None = None) -> float:
-    """Std of the VE-frame prior ``N(0, std^2 I)`` at ``sigma_max``: ``prior_std`` if given, else the
-    process's (:meth:`Process.prior_std`, ``sqrt(1 + sigma^2)`` for VP), else ``sigma_max`` (VE)."""
-    if process is not None and prior_std is not None:
-        raise ValueError("give either process or prior_std, not both")
-    if prior_std is not None:
-        if not prior_std > 0:
-            raise ValueError(f"prior_std must be > 0, got {prior_std}")
-        return float(prior_std)
-    if process is not None:
-        return float(process.prior_std(sigma_max))
-    return float(sigma_max)
 
 
 def _probes(x: Tensor, n: int, kind: str, generator: GeneratorLike) -> list[Tensor]:

@@ -1,6 +1,6 @@
 """Learned solvers: the step grid *and* the multistep weights fitted jointly to one denoiser and NFE budget.
 
-:mod:`denoisekit.schedule_opt` moves only the noise levels of a fixed method. At 5-10 NFE the method's
+:mod:`denoisekit.samplers.tuning.grid` moves only the noise levels of a fixed method. At 5-10 NFE the method's
 extrapolation of the data prediction matters as much (Shaul et al. 2024, "Bespoke Non-Stationary Solvers";
 Frankel et al. 2025, "S4S: Solving for a Diffusion Model Solver"): the last step from sigma ~0.1-0.5 to 0
 turns the final denoiser output into the sample, and a fixed-order formula cannot know how the mixture's
@@ -12,8 +12,8 @@ narrow directions bend there. So the whole solver is a small set of parameters,
   extrapolates the data prediction from every earlier evaluation),
 
 trained by Adam (cosine learning rate) to minimise the mean endpoint distance to the exact probability-flow
-ODE solution over a tuning batch (:func:`~denoisekit.schedule_opt.tuning_batch`), differentiating through
-the denoiser. It starts from DPM-Solver++(2M) on the grid :func:`~denoisekit.schedule_opt.optimize_sigmas`
+ODE solution over a tuning batch (:func:`~denoisekit.samplers.tuning.grid.tuning_batch`), differentiating through
+the denoiser. It starts from DPM-Solver++(2M) on the grid :func:`~denoisekit.samplers.tuning.grid.optimize_sigmas`
 finds for it, and returns that start instead if training did not lower the loss on the whole tuning batch.
 Consistency holds for every weight (see the sampler), so the result is a valid solver for any start noise;
 it is tuned for one model, NFE and ``sigma_max``.
@@ -34,10 +34,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._utils import GeneratorLike
-from .samplers.multistep import check_weights, dpmpp_2m_weights, multistep
-from .schedule_opt import TuningBatch, _rows, optimize_sigmas, tuning_batch
-from .schedules import check_sigmas
+from ..._utils import GeneratorLike
+from ..multistep import check_weights, dpmpp_2m_weights, multistep
+from ...condition import index_condition
+from .grid import TuningBatch, check_tuning_condition, optimize_sigmas, tuning_batch
+from ...schedules import check_sigmas
 
 FORMAT = "denoisekit.solver"
 
@@ -62,7 +63,7 @@ class LearnedSolver:
 
     def sample(self, denoiser: Any, x: Tensor, *, cond: Any = None, callback: Any = None) -> Tensor:
         """Run the solver from ``x`` at ``sigmas[0]`` (VE frame)."""
-        from .samplers.multistep import sample_multistep
+        from ..multistep import sample_multistep
 
         return sample_multistep(denoiser, x, self.sigmas, weights=self.weights, cond=cond, callback=callback)
 
@@ -86,11 +87,11 @@ def optimize_solver(denoiser: Any, nfe: int, *, sigma_min: float, sigma_max: flo
                     callback: Callable[[dict[str, Any]], None] | None = None) -> LearnedSolver:
     """Fit a :class:`LearnedSolver` of ``nfe`` evaluations to ``denoiser`` (module docstring).
 
-    The tuning batch is ``batch`` (:func:`~denoisekit.schedule_opt.tuning_batch`, shared with grid tuning) or
+    The tuning batch is ``batch`` (:func:`~denoisekit.samplers.tuning.grid.tuning_batch`, shared with grid tuning) or
     ``n_samples`` start noises of one sample's ``shape`` from ``generator``. ``init``: the starting grid
-    (default: :func:`~denoisekit.schedule_opt.optimize_sigmas` for DPM-Solver++(2M) on the same batch).
+    (default: :func:`~denoisekit.samplers.tuning.grid.optimize_sigmas` for DPM-Solver++(2M) on the same batch).
     Each of ``iters`` Adam steps (learning rate ``lr``, cosine decay) uses ``batch_size`` rows drawn with
-    ``seed``; a per-sample tensor ``cond`` must have a row per start noise. ``callback`` receives
+    ``seed``; ``cond`` (labels or a dict, :mod:`denoisekit.condition`) has a row per start noise. ``callback`` receives
     ``{"iter", "loss"}`` (the mini-batch loss) every step.
     """
     for name, value, low in (("nfe", nfe, 1), ("iters", iters, 0), ("batch_size", batch_size, 1)):
@@ -107,6 +108,7 @@ def optimize_solver(denoiser: Any, nfe: int, *, sigma_min: float, sigma_max: flo
                              process=process, cond=cond)
     y_T, ref = batch
     n = y_T.shape[0]
+    check_tuning_condition(cond, n)
     if init is None:
         grid = optimize_sigmas(denoiser, "multistep", nfe, sigma_min=sigma_min, sigma_max=sigma_max, batch=batch,
                                n_eval=min(1024, n), cond=cond)
@@ -128,7 +130,7 @@ def optimize_solver(denoiser: Any, nfe: int, *, sigma_min: float, sigma_max: flo
 
     def loss_on(idx: Tensor | None, sigmas: Tensor, w: Sequence[Tensor]) -> Tensor:
         y, r = (y_T, ref) if idx is None else (y_T[idx], ref[idx])
-        out = multistep(denoiser, y, sigmas.to(y.device), w, cond=cond if idx is None else _rows(cond, idx, n))
+        out = multistep(denoiser, y, sigmas.to(y.device), w, cond=cond if idx is None else index_condition(cond, idx))
         return (out - r).reshape(out.shape[0], -1).to(torch.float64).norm(dim=1).mean()
 
     for it in range(iters):

@@ -17,21 +17,23 @@ inpaint           ``(image, mask)``: image     C+1   image with missing pixels s
 
 The image-like part always comes first (``concat[:, :C]``, one channel for colorize). Training draws
 ``s ~ U[0, aug_max]`` per sample; sampling uses a fixed ``s`` (``aug_sample``, the level CDM tunes
-per stage). All randomness is per sample from the caller's generators.
+per stage). All randomness is per sample from the caller's generators. :class:`ImageCondition` is the
+``image`` condition kind of a run; the degraded image is the task's input, so it has no dropout.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from .._utils import GeneratorLike, as_batch, check_choice
+from .._utils import GeneratorLike, as_batch, check_choice, seeded_generators
 from ..data.degrade import (MASK_KINDS, UPSAMPLINGS, MaskKind, Upsampling, augmentation_levels, check_coverage,
                             downsample, grayscale, inpaint_masks, noise_augment, upsample)
+from .base import ConditionKind, Preview, collate, preview_items
 
 Task = Literal["colorize", "super_resolution", "inpaint"]
 TASKS = ("colorize", "super_resolution", "inpaint")
@@ -224,3 +226,47 @@ class ImageConditioner:
 
     def _source_name(self) -> str:
         return {"colorize": "grey", "super_resolution": "low-resolution"}.get(self.task, "image") + " input"
+
+
+class ImageCondition(ConditionKind):
+    """An image derived from the clean one (grey, low resolution, masked) concatenated to the network's
+    input: Palette (Saharia et al. 2022), through :class:`ImageConditioner`."""
+
+    kind = "image"
+    keys = ("concat",)
+    Config = ImageConditionConfig  # the task's own options
+
+    def __init__(self, config: Any = None, *, dropout: float = 0.0, num_classes: int | None = None,
+                 image_shape: Sequence[int] = ()):
+        super().__init__(config, dropout=dropout, num_classes=num_classes, image_shape=image_shape)
+        self.conditioner = ImageConditioner(self.config, self.image_shape) if self.image_shape else None
+
+    @classmethod
+    def check_run(cls, options: Any, run: Any) -> None:
+        if run.latent.autoencoder is not None:
+            raise ValueError("latent.autoencoder does not support condition.kind: image (its degraded inputs are "
+                             "images, not latents); use pixel space (latent.autoencoder: null)")
+
+    def check_model(self, run: Any) -> None:
+        assert self.conditioner is not None
+        want, got = self.conditioner.concat_channels, run.model.options.get("concat_channels", 0)
+        if got != want:
+            raise ValueError(f"model.concat_channels must be {want} for condition task {self.config.task!r} on "
+                             f"{self.image_shape[0]}-channel images, got {got}")
+
+    def training(self, batch: Mapping[str, Any], gens: Sequence[torch.Generator], device: Any) -> dict[str, Any]:
+        assert self.conditioner is not None
+        cond = self.conditioner.training(batch["image"].to(device, torch.float32), gens)
+        return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in cond.items()}
+
+    def items_preview(self, batch: Mapping[str, Any], gens: Sequence[torch.Generator], device: Any) -> Preview:
+        """Each item degraded (with the per-sample ``gens``) as the model's input; rows: what the model saw,
+        what it made, the original."""
+        assert self.conditioner is not None
+        x0 = batch["image"].float().to(device)
+        cond = self.conditioner.from_source(self.conditioner.degrade(x0, gens), gens)
+        return Preview(len(x0), len(x0), cond, before=(self.conditioner.shown(cond),), after=(x0,))
+
+    def preview(self, n: int, dataset: Any, device: Any, *, seed: int = 0, prompts: Sequence[str] = ()) -> Preview:
+        items = preview_items(dataset, n)
+        return self.items_preview(collate(items), seeded_generators(seed, len(items)), device)
