@@ -39,19 +39,19 @@ print((time.process_time() - t0) / STEPS)
 """,
     "2-D toy (moons, MLP)": """
 import sys, time, torch
-from denoisekit.train.toy2d import Toy2DConfig, train_toy2d
+from denoisekit.train import Toy2DConfig, train_toy2d
 cfg = dict(data='moons', n_train=4096, steps=STEPS, batch=256, log_every=STEPS, out=sys.argv[2])
 t0 = time.process_time(); train_toy2d(Toy2DConfig(**cfg), progress=False); print((time.process_time() - t0) / STEPS)
 """,
     "VAE (digits)": """
 import sys, time
-from denoisekit.train.zoo import ZooConfig, train_zoo
+from denoisekit.train import ZooConfig, train_zoo
 t0 = time.process_time(); train_zoo(ZooConfig(model='vae', steps=STEPS, log_every=STEPS, data_options={'size': 8}))
 print((time.process_time() - t0) / STEPS)
 """,
     "DCGAN (digits)": """
 import sys, time
-from denoisekit.train.zoo import ZooConfig, train_zoo
+from denoisekit.train import ZooConfig, train_zoo
 t0 = time.process_time(); train_zoo(ZooConfig(model='dcgan', steps=STEPS, log_every=STEPS, data_options={'size': 16}))
 print((time.process_time() - t0) / STEPS)
 """,

@@ -47,7 +47,8 @@ MODELS = ("VAE", "DCGAN", "pixel diffusion", "latent diffusion")
 def train_baseline(model: str, data: str, options: dict[str, Any], seconds: float, out: Path, batch: int) -> Any:
     """A VAE or DCGAN trained for ``seconds`` of CPU time (steps from a timed probe), or the run already in ``out``."""
     from denoisekit.engine.checkpoint import latest_checkpoint
-    from denoisekit.train.zoo import ZooConfig, load_images, load_zoo, train_zoo
+    from denoisekit.train.zoo import ZooConfig, load_images, load_zoo
+    from denoisekit.train.recipes.zoo import train_zoo
 
     meta = out / "budget.json"
     if (latest_checkpoint(out / "checkpoints") or latest_checkpoint(out)) is not None and meta.is_file():

@@ -14,7 +14,8 @@ from denoisekit.models import MLP, MODELS, MLPConfig
 from denoisekit.models.layers import fourier_features
 from denoisekit.prediction import Denoiser
 from denoisekit.process import get_process
-from denoisekit.train.toy2d import Toy2DConfig, build_denoiser, held_out, load_run, train_toy2d
+from denoisekit.train.toy2d import Toy2DConfig, build_denoiser, held_out, load_run
+from denoisekit.train.recipes.toy2d import train_toy2d
 
 TINY = {"hidden": 32, "depth": 1, "emb_dim": 16}
 

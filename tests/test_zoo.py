@@ -8,7 +8,8 @@ from torch.distributions import Normal, kl_divergence
 
 from denoisekit.models.gan import DCGAN, DCGANConfig, discriminator_loss, generator_loss
 from denoisekit.models.vae import VAE, VAEConfig, elbo, gaussian_kl, gaussian_log_likelihood
-from denoisekit.train.zoo import ZooConfig, load_zoo, sample, samples_per_second, train_zoo
+from denoisekit.train.zoo import ZooConfig, load_zoo, sample, samples_per_second
+from denoisekit.train.recipes.zoo import train_zoo
 
 
 class LinearGaussian(nn.Module):

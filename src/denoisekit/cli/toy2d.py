@@ -57,7 +57,8 @@ def _add_train2d(p: argparse.ArgumentParser) -> None:
 
 
 def _run_train2d(args: argparse.Namespace) -> int:
-    from ..train.toy2d import Toy2DConfig, final_loss, train_toy2d
+    from ..train.toy2d import Toy2DConfig, final_loss
+    from ..train.recipes.toy2d import train_toy2d
 
     model = {k: v for k, v in (("hidden", args.hidden), ("depth", args.depth), ("emb_dim", args.emb_dim))
              if v is not None}

@@ -41,8 +41,8 @@ from .._utils import randn
 from ..engine import Engine, Recipe
 from ..engine.checkpoint import load_weights
 from ..io import load_tensors, save_tensors, save_tensors_atomic, write_text_atomic
-from .features import (FORMAT, META_FILE, WEIGHTS_FILE, ClassifierConfig, FeatureClassifier, cache_key,
-                       resize_images)
+from .feature_net import (FORMAT, META_FILE, WEIGHTS_FILE, ClassifierConfig, FeatureClassifier, cache_key,
+                          resize_images)
 
 if TYPE_CHECKING:
     from ..engine.loop import Engine as EngineT

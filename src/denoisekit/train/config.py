@@ -213,12 +213,6 @@ class TrainConfig(Section):
         for name in ("steps", "batch_size", "grad_accum", "log_every", "keep_last", "max_nan_steps"):
             self._require(getattr(self, name) >= 1, name, ">= 1")
         self._require(self.save_every >= 0, "save_every", ">= 0 (0: only at the end)")
-        from .recipes import RECIPES  # at call time: the registry is a plain dict that plugins may extend
-
-        try:
-            check_choice("train.recipe", self.recipe, RECIPES)
-        except ValueError as e:
-            raise ValueError(str(e)) from None
         if self.batch_size % self.grad_accum:
             raise ValueError(f"train.batch_size ({self.batch_size}) must be a multiple of train.grad_accum "
                              f"({self.grad_accum})")

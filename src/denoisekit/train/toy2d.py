@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,7 @@ from ..models import MODELS
 from ..prediction import PREDICTIONS, Denoiser
 from ..process import PROCESSES, get_process
 from ..engine.checkpoint import load_weights
-from ..io import load_json, load_tensors, save_tensors, write_atomic, write_text_atomic
+from ..io import load_json, load_tensors, save_tensors, write_atomic
 
 CONFIG_FILE, WEIGHTS_FILE, LOSS_FILE = "config.json", "model.safetensors", "loss.csv"
 FORMAT = "denoisekit.toy2d/1"
@@ -148,26 +146,6 @@ def build_denoiser(config: Toy2DConfig) -> Denoiser:
 def save_weights(net: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
     """``net``'s ``state_dict`` as a safetensors file, written atomically."""
     write_atomic(path, lambda tmp: save_tensors(tmp, net.state_dict(), metadata))
-
-
-def train_toy2d(config: Toy2DConfig, *, progress: bool = True) -> Path:
-    """Train per ``config`` and return the run directory ``config.out``.
-
-    AdamW with linear warmup to a constant learning rate, gradient clipping, and an EMA of the
-    weights (:class:`~denoisekit.engine.ema.EMA`, "warmup" profile: decay
-    ``min(decay, (1 + k) / (10 + k))``, so early averages are not dominated by the initialisation).
-    Batches are read from a fixed training set of ``n_train`` points; the whole run is
-    deterministic given ``config.seed``.
-    """
-    from ..engine.loop import Engine
-    from .recipes.toy2d import Toy2DRecipe
-
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / CONFIG_FILE, json.dumps(config.to_dict(), indent=2) + "\n")
-    with tempfile.TemporaryDirectory(prefix="denoisekit-toy2d-") as tmp:  # checkpoints, log.csv: not kept
-        Engine(Toy2DRecipe(config), tmp, progress=progress).fit()
-    return out
 
 
 def load_run(run_dir: str | os.PathLike[str]) -> tuple[Denoiser, Toy2DConfig]:

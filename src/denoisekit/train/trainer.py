@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .._utils import lookup
 from ..prediction import Denoiser
 from .config import Config, apply_overrides, config_from_dict, config_to_dict, load_config
 from ..engine.loop import Engine
@@ -49,7 +50,7 @@ class Trainer(Engine):
 
     def __init__(self, config: Config, out_dir: str | os.PathLike[str], *, resume: bool = False,
                  metrics: MetricsHook | None = None, progress: bool = True):
-        recipe = RECIPES[config.train.recipe](config)
+        recipe = lookup("train.recipe", RECIPES, config.train.recipe)(config)  # a registry plugins may extend
         hook = None if metrics is None else (lambda eng: metrics(recipe.ema_denoiser(eng), eng.step))
         super().__init__(recipe, out_dir, resume=resume, progress=progress, metrics=hook)
         self.config = config

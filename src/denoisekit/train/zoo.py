@@ -13,8 +13,6 @@ directory is temporary.
 
 from __future__ import annotations
 
-import csv
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,41 +96,6 @@ def build_model(config: ZooConfig, channels: int, image_size: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         return ZOO_MODELS[config.model](model_config)
-
-
-@dataclass
-class ZooRun:
-    """A trained model (in eval mode), its config, the logged means (``step`` and the recipe's stats every
-    ``log_every`` steps), the run directory (None when it was temporary) and the seconds it took."""
-
-    model: nn.Module
-    config: ZooConfig
-    history: list[dict[str, float]]
-    out: Path | None
-    seconds: float
-
-
-def train_zoo(config: ZooConfig, images: Tensor | None = None, *, resume: bool = True) -> ZooRun:
-    """Train per ``config`` on ``images`` ``(N, C, S, S)`` in [-1, 1] (default: the config's dataset).
-
-    With ``out`` set, checkpoints every ``save_every`` steps and at the end; ``resume`` continues from the
-    latest checkpoint there (bit-for-bit the same as an uninterrupted run; a config that differs in more
-    than the schedule is an error).
-    """
-    from ..engine.loop import Engine
-    from .recipes.zoo import ZOO_RECIPES
-
-    x_all = load_images(config.data, config.data_options) if images is None else images
-    recipe = ZOO_RECIPES[config.model](config, x_all)
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="denoisekit-zoo-") as tmp:
-        out = Path(config.out) if config.out else Path(tmp)
-        Engine(recipe, out, resume=resume, progress=False).fit()
-        with open(out / "log.csv", newline="") as f:
-            history = [{"step": int(r["step"]), **{k: float(r[k]) for k in recipe.stats}} for r in csv.DictReader(f)]
-    assert recipe.model is not None
-    return ZooRun(recipe.model.eval(), config, history, Path(config.out) if config.out else None,
-                  time.perf_counter() - t0)
 
 
 def load_zoo(path: str | Path) -> nn.Module:

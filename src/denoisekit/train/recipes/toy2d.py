@@ -12,25 +12,26 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ...data.toy2d import sample_toy2d
+from ...engine.loop import Engine
 from ...engine.recipe import EMASpec, Recipe
 from ...io import write_text_atomic
 from ...options import plain, read_config_file
 from ...prediction import Denoiser
 from ..config import OptimConfig, TrainConfig
-from ..toy2d import FORMAT, LOSS_FILE, WEIGHTS_FILE, Toy2DConfig, build_denoiser, save_weights
+from ..toy2d import CONFIG_FILE, FORMAT, LOSS_FILE, WEIGHTS_FILE, Toy2DConfig, build_denoiser, save_weights
 from .zoo import DataSection, EngineSections
 
-if TYPE_CHECKING:
-    from ...engine.loop import Engine
 
 #: Fields of a Toy2DConfig that are the engine's ``train`` and ``optim`` sections (or where the run goes).
 _ENGINE_FIELDS = ("out", "steps", "batch", "lr", "warmup", "weight_decay", "grad_clip", "seed", "log_every",
@@ -109,3 +110,19 @@ class Toy2DRecipe(Recipe):
         writer.writerows([("step", "loss", "lr"), *rows])
         write_text_atomic(out / LOSS_FILE, buf.getvalue())
 
+
+def train_toy2d(config: Toy2DConfig, *, progress: bool = True) -> Path:
+    """Train per ``config`` and return the run directory ``config.out``.
+
+    AdamW with linear warmup to a constant learning rate, gradient clipping, and an EMA of the
+    weights (:class:`~denoisekit.engine.ema.EMA`, "warmup" profile: decay
+    ``min(decay, (1 + k) / (10 + k))``, so early averages are not dominated by the initialisation).
+    Batches are read from a fixed training set of ``n_train`` points; the whole run is
+    deterministic given ``config.seed``.
+    """
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / CONFIG_FILE, json.dumps(config.to_dict(), indent=2) + "\n")
+    with tempfile.TemporaryDirectory(prefix="denoisekit-toy2d-") as tmp:  # checkpoints, log.csv: not kept
+        Engine(Toy2DRecipe(config), tmp, progress=progress).fit()
+    return out

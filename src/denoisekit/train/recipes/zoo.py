@@ -16,27 +16,30 @@ in ``state.json`` for :func:`~denoisekit.train.zoo.load_zoo`.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import os
+import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..._utils import randn
+from ...engine.loop import Engine
 from ...engine.recipe import OptimizerSpec, Recipe
 from ...models.gan import DCGAN, discriminator_loss, generator_loss
 from ...models.vae import bits_per_dim
 from ...options import plain, read_config_file
 from ..config import OptimConfig, TrainConfig
-from ..zoo import ZooConfig, build_model
+from ..zoo import ZooConfig, build_model, load_images
 
-if TYPE_CHECKING:
-    from ...engine.loop import Engine
 
 
 @dataclass(frozen=True)
@@ -236,3 +239,35 @@ def convert_global_batchnorm(module: nn.Module) -> nn.Module:
 
 
 ZOO_RECIPES: Mapping[str, type[ZooRecipe]] = {"vae": VAERecipe, "dcgan": DCGANRecipe}
+
+
+@dataclass
+class ZooRun:
+    """A trained model (in eval mode), its config, the logged means (``step`` and the recipe's stats every
+    ``log_every`` steps), the run directory (None when it was temporary) and the seconds it took."""
+
+    model: nn.Module
+    config: ZooConfig
+    history: list[dict[str, float]]
+    out: Path | None
+    seconds: float
+
+
+def train_zoo(config: ZooConfig, images: Tensor | None = None, *, resume: bool = True) -> ZooRun:
+    """Train per ``config`` on ``images`` ``(N, C, S, S)`` in [-1, 1] (default: the config's dataset).
+
+    With ``out`` set, checkpoints every ``save_every`` steps and at the end; ``resume`` continues from the
+    latest checkpoint there (bit-for-bit the same as an uninterrupted run; a config that differs in more
+    than the schedule is an error).
+    """
+    x_all = load_images(config.data, config.data_options) if images is None else images
+    recipe = ZOO_RECIPES[config.model](config, x_all)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="denoisekit-zoo-") as tmp:
+        out = Path(config.out) if config.out else Path(tmp)
+        Engine(recipe, out, resume=resume, progress=False).fit()
+        with open(out / "log.csv", newline="") as f:
+            history = [{"step": int(r["step"]), **{k: float(r[k]) for k in recipe.stats}} for r in csv.DictReader(f)]
+    assert recipe.model is not None
+    return ZooRun(recipe.model.eval(), config, history, Path(config.out) if config.out else None,
+                  time.perf_counter() - t0)
