@@ -24,7 +24,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	rm -rf $(DEMO)  # the demo is rebuilt from scratch each time
-	$(BIN)/denoisekit train configs/digits-demo.yaml --out $(DEMO) --threads 2
+	$(BIN)/denoisekit train configs/digits-demo.yaml --out $(DEMO)
 	$(BIN)/denoisekit sample $(DEMO) --label all --n 100 --out $(DEMO)/samples.png
 	$(BIN)/denoisekit sample $(DEMO) --label all --n 1000 --out $(DEMO)/samples.npz
 	$(BIN)/denoisekit eval $(DEMO)/samples.npz --ref digits --json $(DEMO)/metrics.json

@@ -4,6 +4,16 @@ import torch
 from denoisekit import GaussianMixture
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: threads only contend (the machine is shared). Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def gm2() -> GaussianMixture:
     """2-D, 8-component mixture: the exact oracle most sampler tests use."""

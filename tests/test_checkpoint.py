@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from denoisekit.engine import checkpoint as ckpt
-from denoisekit.engine.checkpoint import (capture_rng, clean_stale, latest_checkpoint, list_checkpoints,
+from denoisekit.engine.checkpoint import (capture_rng, recover, latest_checkpoint, list_checkpoints,
     load_checkpoint, restore_rng, save_checkpoint)
 from denoisekit.io import write_atomic, write_text_atomic
 
@@ -98,7 +98,7 @@ def test_failed_save_leaves_previous_checkpoint_and_no_debris(tmp_path, monkeypa
     assert [p.name for p in tmp_path.iterdir()] == ["step_00000001"]
     assert {p.name: p.read_bytes() for p in good.iterdir()} == before
     (tmp_path / ".tmp-step_00000005-x").mkdir()  # as left by a killed process
-    clean_stale(tmp_path)
+    recover(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["step_00000001"]
 
 

@@ -30,7 +30,7 @@ def run_dir(tmp_path_factory):
 
 @pytest.mark.slow  # trains (the module's train2d run)
 def test_train2d_writes_a_run(run_dir, capsys):
-    assert {p.name for p in run_dir.iterdir()} == {"config.json", "model.safetensors", "loss.csv"}
+    assert {p.name for p in run_dir.iterdir()} == {"config.json", "model.safetensors", "loss.csv", "loss.png"}
     config = json.loads((run_dir / "config.json").read_text())
     assert config["steps"] == 200 and config["seed"] == 1 and config["model_config"]["hidden"] == 32
 

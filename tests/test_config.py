@@ -125,7 +125,7 @@ def test_file_errors_name_the_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [unclosed\n")
-    with pytest.raises(ValueError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(ValueError, match="bad.yaml:2:1: not valid YAML"):
         load_config(bad)
     bad.write_text("- a list\n")
     with pytest.raises(ValueError, match="bad.yaml: expected a mapping of sections"):

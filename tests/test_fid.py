@@ -224,7 +224,7 @@ def test_evaluate_end_to_end_from_npz(digits_halves, cache_dir, tmp_path):
     np.savez(ref, images=tensor_to_uint8(DigitsDataset(size=16, split="train").images))
     out2 = evaluate(ds.images, ref=str(ref), features="digits", cache_dir=cache_dir, kid_subsets=10)
     assert "classifier_accuracy" not in out2 and out2["fid"] < 2
-    with pytest.raises(ValueError, match="feature network"):
-        evaluate(ds.images, ref=str(ref), cache_dir=cache_dir)
-    with pytest.raises(ValueError, match="unknown reference dataset"):
+    with pytest.raises(ValueError, match="unknown features 'vgg'; allowed: auto"):
+        evaluate(ds.images, ref=str(ref), features="vgg", cache_dir=cache_dir)
+    with pytest.raises(ValueError, match="accepted: a built-in dataset"):  # any --ref: tests/test_eval_any_data.py
         evaluate(ds.images, ref="imagenet", cache_dir=cache_dir)

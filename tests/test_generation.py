@@ -126,9 +126,11 @@ def test_bad_inputs(model):
 def test_generate_images_from_user_labels(model):
     from denoisekit.pipelines import generate_images
 
-    out = generate_images(model, 10, labels="all", nfe=4)  # 10 // K = 2 per class, one row each
-    assert out.per_row == 2 and out.labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3] and out.images.shape == (8, 2)
-    ref = generate(model, 8, out.labels, nfe=4)  # the run's cfg (2) and seeds
+    out = generate_images(model, 10, labels="all", nfe=4)  # exactly n: image i has class i mod K
+    assert out.per_row == 3 and out.labels.tolist() == [0, 1, 2, 3] * 2 + [0, 1] and out.images.shape == (10, 2)
+    grid = out.grid()  # one row per class; the rows of classes 2 and 3 end in a blank cell
+    assert grid.shape == (12, 2) and grid[:6].equal(out.images[[0, 4, 8, 1, 5, 9]]) and (grid[[8, 11]] == 1).all()
+    ref = generate(model, 10, out.labels, nfe=4)  # the run's cfg (2) and seeds
     torch.testing.assert_close(out.images, ref, rtol=0, atol=0)
     assert (generate_images(model, 5, labels=3, nfe=2).labels == 3).all()
     with pytest.raises(ValueError, match="label 7 is out of range: this model has classes 0..3"):

@@ -14,7 +14,7 @@ PACKAGE = SRC / "denoisekit"
 #: Units bottom to top; a unit may import its own modules and any unit of a lower layer. A unit is a
 #: first-level module or folder of the package, or a sub-folder named here (``samplers.tuning``).
 LAYERS: list[tuple[str, ...]] = [
-    ("_utils",),                                       # small tensor helpers
+    ("_utils", "_threads"),                            # small tensor helpers; threads and OpenMP (no torch)
     ("io", "options"),                                 # files (atomic, JSON, safetensors, cache); typed options
     ("engine",),                                       # the training loop, checkpoints, data stream, EMA, logs
     ("process",),                                      # noising maths

@@ -21,12 +21,7 @@ from denoisekit.engine import Engine  # noqa: E402
 CASES = all_cases()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_every_recipe_has_a_case():
@@ -46,6 +41,20 @@ def test_resume_continues_bit_exactly(name, tmp_path):
     assert a.keys() == b.keys() and a, "no tensors saved"
     for k in a:
         assert torch.equal(a[k], b[k]), f"{name}: {k} differs after resume"
+
+
+@pytest.mark.slow
+def test_grad_accum_changes_nothing_but_float_order(tmp_path):
+    """Every random draw of a step (noise, label dropout, network dropout masks) depends only on
+    (seed, step, sample index): 1 micro-batch of 8 == 2 of 4."""
+    from recipe_cases import diffusion
+
+    assert diffusion.CONFIG["model"]["dropout"] > 0 and diffusion.CONFIG["train"]["grad_accum"] == 2
+    Engine(diffusion.make(tmp_path), tmp_path / "two", progress=False).fit()
+    Engine(diffusion.make(tmp_path, "train.grad_accum=1"), tmp_path / "one", progress=False).fit()
+    a, b = final_tensors(tmp_path / "one"), final_tensors(tmp_path / "two")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
 def _free_port() -> int:

@@ -8,9 +8,11 @@ JSON or YAML.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -65,10 +67,22 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a run directory is meant to be shared
         fsync_file(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if is_no_space(e):
+            free = shutil.disk_usage(path.parent).free / 2**20
+            raise OSError(errno.ENOSPC, f"no space left on the device writing {path} ({free:.1f} MiB free); "
+                          f"nothing was lost: {'its previous version is intact' if path.exists() else 'it did not exist yet'}"
+                          ) from None
         raise
     fsync_dir(path.parent)
+
+
+def is_no_space(e: BaseException) -> bool:
+    """A full disk or quota: ``OSError`` ENOSPC/EDQUOT, or safetensors' error wrapping one."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    return type(e).__name__ == "SafetensorError" and ("No space left" in str(e) or "os error 28" in str(e))
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:

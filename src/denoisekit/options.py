@@ -364,6 +364,23 @@ def to_yaml(d: Mapping[str, Any]) -> str:
     return yaml.dump(plain(d), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
 
+def yaml_error(path: str | os.PathLike[str], e: yaml.YAMLError) -> str:
+    """One line for a YAML syntax error: ``FILE:LINE:COLUMN: not valid YAML: problem (context at L:C)``."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(e, "problem", None) or " ".join(str(e).split())
+    context, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if context and cmark is not None:
+        context += f" at {cmark.line + 1}:{cmark.column + 1}"
+    return f"{where}: not valid YAML: {problem}" + (f" ({context})" if context else "")
+
+
+def check_not_file(path: str | os.PathLike[str] | None, key: str) -> None:
+    """``ValueError`` when ``key``, which names a run directory, names an existing file instead."""
+    if path is not None and os.path.isfile(path):
+        raise ValueError(f"{key}: expected a run directory, got a file: {path}")
+
+
 def read_config_file(path: str | os.PathLike[str], overrides: Sequence[str],
                      build: Callable[[Mapping[str, Any], Sequence[str]], T]) -> T:
     """``build(raw YAML mapping, overrides)`` for a config file; every error names the file (and the key)."""
@@ -372,7 +389,9 @@ def read_config_file(path: str | os.PathLike[str], overrides: Sequence[str],
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
     try:
         raw = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
+    except yaml.YAMLError as e:
+        raise ValueError(yaml_error(path, e)) from None
+    except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not valid YAML ({e})") from None
     try:
         return build(raw if raw is not None else {}, overrides)

@@ -20,7 +20,9 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from .. import __version__
 from ..data import DATASETS, IMAGE_DATASETS
+from ..io import is_no_space
 from ..losses import NOISE_LEVELS, WEIGHTINGS
 from ..models import MODELS
 from ..prediction import PREDICTIONS
@@ -28,7 +30,7 @@ from ..process import PROCESSES
 from ..samplers import SAMPLERS
 from ..schedules import SCHEDULES
 from . import image, tools, toy2d
-from .common import PROG, UsageError, Parser
+from .common import PROG, UsageError, Parser, program_threads, reexec_for_openmp, threads
 
 
 # -------------------------------------------------------------------------------------------- list
@@ -58,12 +60,20 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
 }
 
 
+#: ``--quiet`` where a command does not define its own.
+QUIET_HELP = "no progress bars or notes (warnings, errors and the final line still print)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog=PROG, description="Train, sample and evaluate diffusion and flow models.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name, (help_text, add, run) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add(p)
+        if "quiet" not in {a.dest for a in p._actions}:  # every command takes --quiet
+            p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
         p.set_defaults(handler=run)
     return parser
 
@@ -76,14 +86,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        return int(args.handler(args))
+        if argv is not None:  # in-process (tests, notebooks): the caller's torch threads stand
+            return int(args.handler(args))
+        n = program_threads(args)
+        if "threads" in args:  # the commands that may run long; eval's feature network is short
+            reexec_for_openmp(n)
+        with threads(n):
+            return int(args.handler(args))
     except (UsageError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     except FloatingPointError as e:  # a diverged model or run: not bad input, but no traceback either
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    except OSError as e:  # a full disk says where and that nothing was lost (denoisekit.io.is_no_space)
+        if not is_no_space(e):
+            raise
+        print(f"{PROG}: error: {e.strerror or e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:  # a run stopped by SIGTERM / Ctrl-C says where it stands (TrainingStopped)
+        print(f"{PROG}: {e or 'interrupted'}", file=sys.stderr)
+        return int(getattr(e, "exit_code", 130))
 

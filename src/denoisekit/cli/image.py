@@ -15,9 +15,13 @@ import torch
 from .._utils import seeded_generators
 from ..conditioning import condition_keys, image_conditioner
 from ..generation.generate import FILE_PREFIX
+from ..options import check_not_file
 from ..samplers import SAMPLERS
 from ..schedules import SCHEDULES
-from .common import UsageError, key_values, positive_int, threads
+from .common import THREADS_HELP, UsageError, add_device, key_values, positive_int, resolve_device, threads
+
+#: ``--weights`` of the commands that load a run.
+WEIGHTS_HELP = "ema: the EMA of the weights (default; what previews show), model: the raw trained weights"
 
 
 # ------------------------------------------------------------------------------------------- train
@@ -28,8 +32,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted override, repeatable (e.g. --set train.steps=500 --set model.channels=64)")
     p.add_argument("--resume", action="store_true", help="continue exactly from the run's latest checkpoint")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, default=None, help=THREADS_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_device(p, training=True)
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -45,10 +50,26 @@ def _run_train(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------ sample
 
+def _guidance_scale(text: str) -> float:
+    """``--cfg``: a number >= 0 (0: the unconditional model, 1: no guidance)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"the guidance scale must be >= 0 (1 = no guidance), got {text}")
+    return value
+
+
 def _add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run directory written by 'denoisekit train'")
-    p.add_argument("--out", required=True, help="a .png grid, or a .npz of uint8 images (N, H, W, C), labels (and prompts)")
-    p.add_argument("--n", type=positive_int, default=None, help="number of images (default: the config's)")
+    p.add_argument("--out", required=True,
+                   help="a .png grid (rows labelled by class or prompt), a .npz of uint8 images (N, H, W, C), labels "
+                        "(and prompts), or a directory DIR/ (ending in '/') of one PNG per image, 00000.png ... "
+                        "(for external FID tools)")
+    p.add_argument("--n", type=positive_int, default=None,
+                   help="number of images, exactly (default: the config's; with --source: at most N, default every "
+                        "source image)")
     p.add_argument("--sampler", default=None, help="sampler (default: the config's; see 'denoisekit list')")
     p.add_argument("--nfe", type=int, default=None, help="model evaluations (default: the config's)")
     p.add_argument("--schedule", default=None,
@@ -56,13 +77,15 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("--solver", default=None, metavar="JSON",
                    help="a learned solver from 'denoisekit tune' (sets the sampler, its weights, grid and NFE)")
     p.add_argument("--sampler-arg", action="append", metavar="KEY=VALUE", help="sampler option, e.g. eta=1")
-    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--cfg", type=_guidance_scale, default=None, help="classifier-free guidance scale >= 0 (1 = none)")
     p.add_argument("--cfg-rescale", type=float, default=0.0, metavar="PHI",
                    help="guidance rescale phi in [0, 1] (Lin et al. 2023; 0 = plain guidance)")
     p.add_argument("--cfg-interval", type=float, nargs=2, default=None, metavar=("SIGMA_LO", "SIGMA_HI"),
                    help="guide only while sigma_lo < sigma <= sigma_hi (Kynkaanniemi et al. 2024)")
     p.add_argument("--label", default=None,
-                   help="class label for every image, or 'all' (default for a class model): one row per class")
+                   help="class of every image: its index or its name as stored in the run (e.g. --label stripes; "
+                        "a wrong one lists them), or 'all' (default for a class model): image i has class i mod K "
+                        "(K classes); the PNG grid has one labelled row per class")
     p.add_argument("--prompt", action="append", default=None,
                    help="text prompt (text models; repeatable: one row per prompt)")
     p.add_argument("--prompts-file", default=None, help="text file with one prompt per line")
@@ -71,12 +94,17 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
                    help="classifier guidance (Dhariwal & Nichol 2021): a directory from 'denoisekit train-classifier'")
     p.add_argument("--classifier-scale", type=float, default=1.0, help="classifier guidance scale")
     p.add_argument("--source", default=None,
-                   help="image-conditioned models: an .npz with clean 'images' (degraded by the model's task) or "
-                        "degraded 'source' (+ 'mask' for inpainting), uint8 (N, H, W, C); or one image file")
+                   help="image-conditioned models: one image file, or an .npz of uint8 (N, H, W[, C]) 'images' or "
+                        "'source' (+ 'mask' for inpainting). 'images' at the model's output size are clean images, "
+                        "degraded by its task; for super-resolution, 'images' at the input size are the low-res "
+                        "inputs. An .npz with both (what 'sample --source ... --out X.npz' writes) uses 'images', the "
+                        "restored output, so stages chain: sample sr-8to16 --source low.npz --out s1.npz, then "
+                        "sample sr-16to32 --source s1.npz; 'source' alone is taken as the model's degraded input")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i, whatever the batch size")
     p.add_argument("--batch", type=positive_int, default=256, help="images per model call")
-    p.add_argument("--weights", default="ema", choices=("ema", "model"))
-    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--weights", default="ema", choices=("ema", "model"), help=WEIGHTS_HELP)
+    p.add_argument("--threads", type=positive_int, default=None, help=THREADS_HELP)
+    add_device(p)
 
 
 def _settings(args: argparse.Namespace, model: Any) -> tuple[dict[str, Any], str]:
@@ -142,6 +170,7 @@ def _load_classifier(args: argparse.Namespace, model: Any) -> Any:
 
     if set(condition_keys(model.condition)) - {"labels"}:
         raise UsageError(f"--classifier guides toward class labels; this model is conditioned on {model.kind}")
+    check_not_file(args.classifier, "--classifier")
     clf = load_classifier(args.classifier)
     # Any process will do: the classifier sees the VE-frame input mapped to its own process's x_t and time.
     classes = clf.info["config"].model.num_classes
@@ -161,8 +190,11 @@ def _prompts(args: argparse.Namespace) -> list[str] | None:
     return given or None
 
 
-def _read_source(path: Path, conditioner: Any, n: int, gens: list[torch.Generator]) -> tuple[Any, Any]:
-    """``(source, truth)`` from ``--source``: degraded inputs as given, or clean images degraded here."""
+def _read_source(path: Path, conditioner: Any, n: int | None, gens: list[torch.Generator],
+                 note: Any = print) -> tuple[Any, Any]:
+    """``(source, truth)`` from ``--source`` (the rule of its help), its first ``n`` images (None: all): degraded
+    inputs as given, or clean images degraded here with ``gens`` (one per image, or more); an .npz with both
+    'images' and 'source' gives its 'images' (``note`` says so)."""
     from ..data.folder import load_image
     from ..data.transforms import uint8_to_tensor
 
@@ -187,7 +219,10 @@ def _read_source(path: Path, conditioner: Any, n: int, gens: list[torch.Generato
             raise UsageError(f"--source {path.name}: {key!r} must be uint8 (N, H, W[, C]), got {a.dtype} {a.shape}")
         return torch.stack([uint8_to_tensor(im) for im in a])
 
-    if "source" in arrays:
+    if "images" in arrays and "source" in arrays:
+        note(f"note: --source {path.name} has 'images' and 'source': using 'images' (the restored output of a "
+             f"previous stage); its 'source' is ignored")
+    elif "source" in arrays:
         src = tensor("source")
         if conditioner.task != "inpaint":
             return src, None
@@ -198,14 +233,90 @@ def _read_source(path: Path, conditioner: Any, n: int, gens: list[torch.Generato
     if "images" not in arrays:
         raise UsageError(f"--source {path.name}: expected an 'images' or a 'source' array, found "
                          f"{', '.join(sorted(arrays)) or 'none'}")
-    clean = tensor("images")
-    return conditioner.degrade(clean, gens[:len(clean)]), clean
+    images = tensor("images")
+    if conditioner.task == "super_resolution" and tuple(images.shape[1:]) != conditioner.image_shape:
+        (_, h, w), (_, sh, sw) = conditioner.image_shape, conditioner.source_shape
+        if tuple(images.shape[1:]) != conditioner.source_shape:
+            raise UsageError(f"--source {path.name}: 'images' are {tuple(images.shape[1:])} (C, H, W); this model "
+                             f"takes {sw}x{sh} low-resolution inputs or {w}x{h} clean images with "
+                             f"{conditioner.image_shape[0]} channels")
+        return images, None  # low-resolution inputs: a previous stage's output, or the user's own
+    return conditioner.degrade(images, gens[:len(images)]), images
 
 
-def _restore(args: argparse.Namespace, out: Path, model: Any, settings: dict[str, Any], shown_as: str, n: int) -> int:
+def _label(text: str | None, model: Any) -> Any:
+    """``--label``: None, ``"all"``, a class index, or a class name stored in the run (exact, else ignoring case);
+    anything else is one line listing the classes."""
+    if text is None or text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    names = list(model.classes)
+    for match in (lambda c: c == text, lambda c: c.lower() == text.strip().lower()):
+        found = [i for i, c in enumerate(names) if match(c)]
+        if found:
+            return found[0]
+    k = model.num_classes
+    if k is None:
+        return text  # not a class model: the pipeline says so
+    listed = (f"; its classes: {', '.join(f'{i} {c}' for i, c in enumerate(names))}" if names and k <= 100
+              else "" if names else " (this run stores no class names)")
+    raise UsageError(f"--label {text!r}: labels must be an integer in 0..{k - 1}, 'all', or a class name{listed}")
+
+
+def _class_name(model: Any, c: int) -> str:
+    names = model.classes
+    return names[c] if c < len(names) else f"class {c}"
+
+
+def _groups(result: Any, model: Any) -> tuple[list[torch.Tensor], list[str] | None]:
+    """The PNG grid of ``sample``: one labelled group per class (``--label all``) or prompt, else one group
+    (labelled with its class when there is one)."""
+    x, labels = result.images, result.labels
+    if result.prompts is not None:
+        k = result.per_row
+        return [x[i:i + k] for i in range(0, len(x), k)], result.prompts[::k]
+    if labels is None:
+        return [x], None
+    classes = [int(c) for c in dict.fromkeys(labels.tolist())]  # in order of first appearance
+    if len(classes) == 1:
+        return [x], [_class_name(model, classes[0])]
+    classes.sort()
+    return [x[labels == c] for c in classes], [_class_name(model, c) for c in classes]
+
+
+def _is_directory(out: str) -> bool:
+    """``--out DIR/`` (or an existing directory): one PNG per image."""
+    return out.endswith(("/", "\\")) or Path(out).is_dir()
+
+
+def _save_each(x: torch.Tensor, out: Path) -> None:
+    """Images ``(N, C, H, W)`` as ``out/00000.png, ...`` (grey or RGB, at their own size: what FID tools read)."""
+    from PIL import Image
+
+    from ..data.transforms import tensor_to_uint8
+
+    out.mkdir(parents=True, exist_ok=True)
+    for i, im in enumerate(tensor_to_uint8(x)):
+        Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im[..., :3]).save(out / f"{i:05d}.png")
+
+
+def _count(path: Path) -> int:
+    """Images in a ``--source`` file: the first axis of its 'images' (else 'source') array; 1 for an image file."""
+    if path.suffix.lower() != ".npz" or not path.is_file():
+        return 1
+    with np.load(path) as f:
+        key = "images" if "images" in f.files else "source" if "source" in f.files else None
+        return len(f[key]) if key is not None and f[key].ndim >= 3 else 1
+
+
+def _restore(args: argparse.Namespace, out: Path, model: Any, settings: dict[str, Any], shown_as: str,
+             n: int | None) -> int:
     """``sample --source``: image-to-image sampling (Palette) of an image-conditioned run."""
     from ..data.transforms import tensor_to_uint8
-    from ..engine.runlog import save_image_grid
+    from ..eval.plotting import save_grid
     from ..pipelines.palette import restore
 
     conditioner = image_conditioner(model.condition)
@@ -216,10 +327,11 @@ def _restore(args: argparse.Namespace, out: Path, model: Any, settings: dict[str
     for flag, value in (("--prompt", args.prompt), ("--label", args.label), ("--cfg", args.cfg)):
         if value is not None:
             raise UsageError(f"{flag} does not apply to an image-conditioned model")
-    gens = seeded_generators(args.seed, n)
+    gens = seeded_generators(args.seed, n if n is not None else _count(Path(args.source)))
     kwargs = {k: v for k, v in settings.items() if k != "sampler_options"}
     try:
-        source, truth = _read_source(Path(args.source), conditioner, n, gens)
+        source, truth = _read_source(Path(args.source), conditioner, n, gens,
+                                     note=(lambda text: None) if args.quiet else print)
         count = len(source[0] if isinstance(source, tuple) else source)
         start = time.perf_counter()
         with threads(args.threads or torch.get_num_threads()), torch.no_grad():
@@ -232,8 +344,11 @@ def _restore(args: argparse.Namespace, out: Path, model: Any, settings: dict[str
                                                       else None))
     err = conditioner.consistency(x, source)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() == ".png":
-        save_image_grid(torch.cat([shown, x] + ([truth] if truth is not None else [])), out, len(x))
+    if _is_directory(args.out):
+        _save_each(x, out)
+    elif out.suffix.lower() == ".png":
+        rows = [shown, x] + ([truth] if truth is not None else [])
+        save_grid(rows, out, labels=["input", "output", "truth"][:len(rows)], aligned=True)
     else:
         extra = {"truth": tensor_to_uint8(truth)} if truth is not None else {}
         np.savez_compressed(out, images=tensor_to_uint8(x), source=tensor_to_uint8(shown), consistency=err.numpy(),
@@ -245,26 +360,21 @@ def _restore(args: argparse.Namespace, out: Path, model: Any, settings: dict[str
 
 def _run_sample(args: argparse.Namespace) -> int:
     from ..data.transforms import tensor_to_uint8
-    from ..engine.runlog import save_image_grid
+    from ..eval.plotting import save_grid
     from ..pipelines.generate import generate_images
     from ..train.run import load_model
 
     out = Path(args.out)
-    if out.suffix.lower() not in (".png", ".npz"):
-        raise UsageError(f"--out must end in .png or .npz, got {out.name!r}")
-    model = load_model(args.run, weights=args.weights)
+    if out.suffix.lower() not in (".png", ".npz") and not _is_directory(args.out):
+        raise UsageError(f"--out must end in .png or .npz, or be a directory ending in '/', got {out.name!r}")
+    model = load_model(args.run, weights=args.weights, device=resolve_device(args.device))
     settings, shown_as = _settings(args, model)
     n = args.n or model.defaults.n
     if image_conditioner(model.condition) is not None or args.source is not None:
-        return _restore(args, out, model, settings, shown_as, n)
+        return _restore(args, out, model, settings, shown_as, args.n)  # default: every source image
     _check_flags(args, model)
     clf = _load_classifier(args, model) if args.classifier is not None else None
-    label: Any = args.label
-    if label is not None and label != "all":
-        try:
-            label = int(label)
-        except ValueError:
-            pass  # the pipeline names what it expected
+    label = _label(args.label, model)
     start = time.perf_counter()
     try:
         with threads(args.threads or torch.get_num_threads()), torch.no_grad():
@@ -282,8 +392,11 @@ def _run_sample(args: argparse.Namespace) -> int:
     if not torch.isfinite(x).all():
         raise FloatingPointError("samples contain NaN or inf")
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() == ".png":
-        save_image_grid(x, out, result.per_row)
+    if _is_directory(args.out):
+        _save_each(x, out)
+    elif out.suffix.lower() == ".png":
+        groups, labels = _groups(result, model)
+        save_grid(groups, out, labels=labels)
     else:
         labels = result.labels.numpy() if result.labels is not None else np.full(n, -1)
         extra = {"prompts": np.array(result.prompts, dtype=str)} if result.prompts is not None else {}
@@ -307,10 +420,12 @@ def _add_tune(p: argparse.ArgumentParser) -> None:
                    help="held-out start noises the tuned and default errors are measured on (default 256)")
     p.add_argument("--iters", type=int, default=200, help="Adam steps on the grid and weights (default 200)")
     p.add_argument("--batch", type=positive_int, default=256, help="tuning rows per Adam step (default 256)")
-    p.add_argument("--cfg", type=float, default=None, help="guidance scale the solver is fitted at (default: the config's)")
+    p.add_argument("--cfg", type=_guidance_scale, default=None,
+                   help="guidance scale the solver is fitted at (default: the config's)")
     p.add_argument("--seed", type=int, default=0, help="tuning noise i uses seed + i")
-    p.add_argument("--weights", default="ema", choices=("ema", "model"))
-    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--weights", default="ema", choices=("ema", "model"), help=WEIGHTS_HELP)
+    p.add_argument("--threads", type=positive_int, default=None, help=THREADS_HELP)
+    add_device(p)
 
 
 def _run_tune(args: argparse.Namespace) -> int:
@@ -321,7 +436,7 @@ def _run_tune(args: argparse.Namespace) -> int:
 
     if args.iters < 0:
         raise UsageError(f"--iters must be >= 0, got {args.iters}")
-    model = load_model(args.run, weights=args.weights)
+    model = load_model(args.run, weights=args.weights, device=resolve_device(args.device))
     if args.cfg not in (None, 1) and not model.guided:
         raise UsageError("--cfg needs a class- or text-conditional model")
     guidance = default_guidance(model) if args.cfg is None else Guidance(cfg_scale=args.cfg)
@@ -345,11 +460,33 @@ def _run_tune(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------------------------------- eval
 
 def _add_eval(p: argparse.ArgumentParser) -> None:
+    from ..eval.reference import accepted
+
     p.add_argument("samples", help=".npz written by 'denoisekit sample' (images, labels)")
-    p.add_argument("--ref", default="digits", help="built-in dataset name (digits) or an .npz of real images")
-    p.add_argument("--features", default="auto", help="auto, digits, or inception (needs --inception)")
+    p.add_argument("--ref", default="digits", metavar="SPEC", help=f"the real images: {accepted()} (default digits)")
+    p.add_argument("--features", default="auto",
+                   help="feature network: auto (the built-in one of digits/shapes, else selfsup), selfsup (trained "
+                        "on --ref itself, cached by its hash), digits, shapes, or inception (needs --inception)")
     p.add_argument("--inception", default=None, help="local FID Inception weights (pt_inception-2015-12-05)")
+    p.add_argument("--ref-limit", type=positive_int, default=None, metavar="N",
+                   help="read at most N reference images (default: all, 2000 of a procedural set such as shapes)")
+    p.add_argument("--selfsup", action="append", default=[], metavar="KEY=VALUE",
+                   help="option of the self-supervised network, repeatable (e.g. --selfsup steps=100; see "
+                        "denoisekit.eval.selfsup.SelfSupConfig)")
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+
+
+def _selfsup_config(items: list[str]) -> Any:
+    import dataclasses
+
+    from ..eval.selfsup import SelfSupConfig
+
+    options = key_values(items, "--selfsup")
+    names = [f.name for f in dataclasses.fields(SelfSupConfig)]
+    for key in options:
+        if key not in names:
+            raise UsageError(f"--selfsup: unknown key {key!r}; allowed: {', '.join(names)}")
+    return SelfSupConfig(**options)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
@@ -357,7 +494,8 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     if not Path(args.samples).is_file():
         raise FileNotFoundError(f"samples file {args.samples!r} does not exist")
-    metrics = evaluate(args.samples, ref=args.ref, features=args.features, inception=args.inception)
+    metrics = evaluate(args.samples, ref=args.ref, features=args.features, inception=args.inception,
+                       ref_limit=args.ref_limit, selfsup=_selfsup_config(args.selfsup))
     print(format_metrics(metrics))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -372,6 +510,19 @@ def _add_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run directory with metrics.json (from 'denoisekit eval --json')")
 
 
+def _total_training_time(run: Path, log: list[dict[str, Any]]) -> float:
+    """The run's training seconds over every resume: ``elapsed_s`` of its latest checkpoint's state.json (the
+    engine carries it across resumes), else of the last log row."""
+    from ..engine.checkpoint import STATE_FILE, latest_checkpoint
+    from ..io import load_json
+    from ..train.run import CHECKPOINTS
+
+    ckpt = latest_checkpoint(run / CHECKPOINTS)
+    if ckpt is not None and "elapsed_s" in (state := load_json(ckpt / STATE_FILE)):
+        return float(state["elapsed_s"])
+    return float(log[-1]["elapsed_s"]) if log else float("nan")
+
+
 def _run_report(args: argparse.Namespace) -> int:
     from ..engine.runlog import read_log_rows
     from ..train.run import load_run, run_info
@@ -383,12 +534,14 @@ def _run_report(args: argparse.Namespace) -> int:
     if not metrics_path.is_file():
         raise FileNotFoundError(f"{metrics_path}: missing (run 'denoisekit eval ... --json {metrics_path}')")
     m = json.loads(metrics_path.read_text())
-    rows = [("FID (digits feature network)", "fid"), ("KID", "kid"), ("precision", "precision"), ("recall", "recall"),
+    rows = [("FID", "fid"), ("KID", "kid"), ("precision", "precision"), ("recall", "recall"),
             ("density", "density"), ("coverage", "coverage"), ("classifier accuracy of samples", "classifier_accuracy"),
             ("classifier accuracy of real images", "ref_classifier_accuracy"), ("class coverage", "class_coverage")]
-    table = "\n".join(f"| {name} | {m[k]:.4g} |" for name, k in rows if isinstance(m.get(k), (int, float)))
+    floor = m.get("floor", {})
+    table = "\n".join(f"| {name} | {m[k]:.4g} | {floor[k]:.4g} |" if k in floor else f"| {name} | {m[k]:.4g} | |"
+                      for name, k in rows if isinstance(m.get(k), (int, float)))
     log = read_log_rows(run / "log.csv")
-    elapsed = float(log[-1]["elapsed_s"]) if log else float("nan")
+    elapsed = _total_training_time(run, log)
     text = f"""# Run report: {run.name}
 
 {config.data.name} ({'x'.join(map(str, info['image_shape']))}), {config.model.name}, process {config.process.name},
@@ -402,8 +555,11 @@ One row per class, sampled with {config.sample.sampler} at {config.sample.nfe} N
 
 ![loss](loss.png)
 
-| metric ({m.get('n_samples')} samples vs {m.get('n_ref')} real) | value |
-|---|---|
+Features: {m.get('feature_network', 'unknown network')}. The real-vs-real floor is the same metric between two
+disjoint halves of the reference ({m.get('ref', '?')}), as many images each as the samples' comparison.
+
+| metric ({m.get('n_compared', m.get('n_samples'))} samples vs {m.get('n_ref_kept', m.get('n_ref'))} real) | value | real-vs-real floor |
+|---|---|---|
 {table}
 """
     (run / "report.md").write_text(text)

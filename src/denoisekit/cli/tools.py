@@ -8,14 +8,15 @@ import time
 
 import torch
 
-from .common import positive_int, threads
+from .common import THREADS_HELP, add_device, positive_int, say, threads
 
 
 def _add_trainer_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("config", help=f"YAML config of the {what} (see configs/{what}/)")
     p.add_argument("--out", required=True, help=f"directory to write the {what} to")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, default=None, help=THREADS_HELP)
+    add_device(p, training=True)
 
 
 def _add_train_classifier(p: argparse.ArgumentParser) -> None:
@@ -29,7 +30,7 @@ def _run_train_classifier(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with threads(args.threads or torch.get_num_threads()):
         run_train_classifier(args.config, args.out, args.set, resume=args.resume)
-    print(f"trained in {time.perf_counter() - start:.0f} s; use it with "
+    say(f"trained in {time.perf_counter() - start:.0f} s; use it with "
           f"'denoisekit sample RUN --classifier {args.out} --classifier-scale S'")
     return 0
 
@@ -45,7 +46,7 @@ def _run_train_autoencoder(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with threads(args.threads or torch.get_num_threads()):
         code = run_train_autoencoder(args.config, args.out, args.set, resume=args.resume)
-    print(f"trained in {time.perf_counter() - start:.0f} s; wrote {args.out}")
+    say(f"trained in {time.perf_counter() - start:.0f} s; wrote {args.out}")
     return code
 
 

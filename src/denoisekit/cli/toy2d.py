@@ -17,10 +17,13 @@ from ..models import MODELS
 from ..prediction import PREDICTIONS
 from ..process import PROCESSES
 from ..schedules import SCHEDULES
-from .common import PROG, UsageError, key_values, positive_int, threads
+from .common import (PROG, UsageError, add_device, is_main_process, key_values, positive_int, resolve_device, say,
+                     threads)
 
 #: Independent draws of the true data whose distances to the held-out set are averaged as a reference.
 REFERENCE_DRAWS = 3
+#: What sample2d writes: the scatter plot, the trajectory.
+PLOT_SUFFIXES, GIF_SUFFIXES = (".png",), (".gif",)
 
 
 # ----------------------------------------------------------------------------------------- train2d
@@ -30,19 +33,23 @@ def _add_train2d(p: argparse.ArgumentParser) -> None:
 
     d = Toy2DConfig()
     p.add_argument("--data", default=d.data, help=f"dataset: {', '.join(DATASETS)} (default {d.data})")
-    p.add_argument("--out", required=True, help="run directory to write (config.json, model.safetensors, loss.csv)")
+    p.add_argument("--out", required=True,
+                   help="run directory to write (config.json, model.safetensors, loss.csv, loss.png)")
     p.add_argument("--process", default=d.process, help=f"noising process: {', '.join(PROCESSES)}")
     p.add_argument("--process-arg", action="append", metavar="KEY=VALUE",
                    help="process keyword argument, repeatable (e.g. beta_schedule=cosine)")
     p.add_argument("--prediction", default=d.prediction, help=f"network output: {', '.join(PREDICTIONS)}")
     p.add_argument("--time-input", default=d.time_input, help="time given to the network: model, t, log_sigma")
     p.add_argument("--steps", type=positive_int, default=d.steps, help=f"optimiser steps (default {d.steps})")
-    p.add_argument("--batch", type=positive_int, default=d.batch)
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--batch", type=positive_int, default=d.batch, help=f"points per optimiser step (default {d.batch})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate (default {d.lr:g})")
     p.add_argument("--warmup", type=int, default=d.warmup, help="linear learning-rate warmup steps")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--ema-decay", type=float, default=d.ema_decay)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help=f"AdamW weight decay (default {d.weight_decay:g})")
+    p.add_argument("--ema-decay", type=float, default=d.ema_decay,
+                   help=f"EMA decay of the exported weights, after its warm-up (default {d.ema_decay:g})")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help=f"seed of the training set, the network and the noise (default {d.seed}): same seed, same run")
     p.add_argument("--n-train", type=positive_int, default=d.n_train, help="size of the fixed training set")
     p.add_argument("--noise-levels", default=d.loss.noise_levels, help=f"{', '.join(NOISE_LEVELS)}")
     p.add_argument("--loss-weighting", default=d.loss.weighting, help=f"{', '.join(WEIGHTINGS)}")
@@ -52,12 +59,14 @@ def _add_train2d(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth", type=positive_int, default=None, help="number of residual blocks")
     p.add_argument("--emb-dim", type=positive_int, default=None, help="time-embedding features")
     p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint interval (0: at the end)")
-    p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (small MLPs: 1 is fastest)")
+    p.add_argument("--threads", type=positive_int, default=1,
+                   help="torch CPU threads (default 1: small MLPs run fastest on one, busy machine or not)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _run_train2d(args: argparse.Namespace) -> int:
-    from ..train.toy2d import Toy2DConfig, final_loss
+    from ..engine.runlog import save_loss_curve
+    from ..train.toy2d import LOSS_FILE, Toy2DConfig, final_loss
     from ..train.recipes.toy2d import train_toy2d
 
     model = {k: v for k, v in (("hidden", args.hidden), ("depth", args.depth), ("emb_dim", args.emb_dim))
@@ -72,8 +81,10 @@ def _run_train2d(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with threads(args.threads):
         run = train_toy2d(config, progress=not args.quiet)
-    print(f"trained {config.data} ({config.process}, {config.prediction}) for {config.steps} steps in "
-          f"{time.perf_counter() - start:.1f} s; final loss {final_loss(run):.4f}; wrote {run}")
+    if is_main_process():
+        save_loss_curve(run / LOSS_FILE, run / "loss.png")
+    say(f"trained {config.data} ({config.process}, {config.prediction}) for {config.steps} steps in "
+        f"{time.perf_counter() - start:.1f} s; final loss {final_loss(run):.4f}; wrote {run} (loss.png)")
     return 0
 
 
@@ -93,10 +104,11 @@ def _add_sample2d(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="samples.png", help="scatter plot to write (PNG)")
     p.add_argument("--gif", default=None, help="also write the sampling trajectory as an animated GIF")
     p.add_argument("--metrics", default=None, help="metrics JSON path (default: --out with .json)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the start noise (default 0)")
+    add_device(p)
     p.add_argument("--no-nll", action="store_true", help="skip the (slow) likelihood of held-out data")
     p.add_argument("--nll-points", type=positive_int, default=300, help="held-out points for the NLL")
-    p.add_argument("--threads", type=positive_int, default=1)
+    p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1)")
 
 
 def _run_sample2d(args: argparse.Namespace) -> int:
@@ -116,10 +128,16 @@ def _sample2d(args: argparse.Namespace) -> int:
     if args.schedule not in SCHEDULES:
         raise UsageError(f"unknown schedule {args.schedule!r}; allowed: {', '.join(sorted(SCHEDULES))}")
     options = key_values(args.sampler_arg, "--sampler-arg")
-    steps = steps_for_nfe(args.sampler, args.nfe, **options)  # checks the sampler before any work
+    steps = steps_for_nfe(args.sampler, args.nfe, **options)  # checks the sampler and its options before any work
     out = Path(args.out)
+    for flag, path, suffixes in (("--out", out, PLOT_SUFFIXES), ("--gif", args.gif, GIF_SUFFIXES)):
+        if path is not None and Path(path).suffix.lower() not in suffixes:
+            raise UsageError(f"{flag} must end in {' or '.join(suffixes)}; supported: {', '.join(suffixes)}, "
+                             f"got {Path(path).name!r}")
     metrics_path = Path(args.metrics) if args.metrics else out.with_suffix(".json")
+    device = resolve_device(args.device)
     denoiser, config = load_run(args.run)
+    denoiser = denoiser.to(device)
 
     frames: list[dict[str, Any]] = []
 
@@ -130,7 +148,7 @@ def _sample2d(args: argparse.Namespace) -> int:
     with torch.no_grad():
         x = sample(denoiser, (args.n, 2), sampler=args.sampler, nfe=args.nfe, schedule=args.schedule,
                    generator=torch.Generator().manual_seed(args.seed), callback=record if args.gif else None,
-                   **options)
+                   device=device, **options).cpu()
     sample_time = time.perf_counter() - start
     if not torch.isfinite(x).all():
         raise FloatingPointError("samples contain NaN or inf")
@@ -151,7 +169,7 @@ def _sample2d(args: argparse.Namespace) -> int:
         pts = ref[: args.nll_points]
         start = time.perf_counter()
         try:  # rtol = atol = 1e-4: within 1e-3 nats of 1e-5 on moons, and 10x faster
-            metrics["nll_nats"] = float(model_nll(denoiser, pts, rtol=1e-4, atol=1e-4).mean())
+            metrics["nll_nats"] = float(model_nll(denoiser, pts.to(device), rtol=1e-4, atol=1e-4).mean())
         except (FloatingPointError, OverflowError) as e:  # a diverging model should not cost the samples
             metrics["nll_error"] = f"{type(e).__name__}: {e}"
             print(f"{PROG}: warning: NLL failed ({metrics['nll_error']})", file=sys.stderr)

@@ -22,9 +22,13 @@ centre-cropped, antialiased (see :mod:`denoisekit.data.transforms`); optional ho
 probability ``flip_p``, a pure function of ``(seed, epoch, index)`` (call :meth:`set_epoch`).
 
 At construction every file is checked (``verify="quick"``: header, pixel count and PIL's ``verify``,
-which catches empty, non-image, corrupt and truncated PNG files; ``"full"`` also decodes every file,
-which also catches truncated JPEGs). Unusable files are skipped with one warning listing them, and kept
-with their reasons in ``dataset.skipped``; if none remain, ``ValueError``. Images with more than
+which catches empty, non-image, corrupt and truncated PNG files, and a look at the end of JPEG, GIF and
+BMP files, which catches cut ones; ``"full"`` also decodes every file, which catches the rest, such as a
+cut TIFF). Unusable files are skipped with one warning listing them, and kept with their reasons in
+``dataset.skipped``; if none remain, ``ValueError``. A file that still fails to decode when an item is
+read is replaced by the next index that decodes (a deterministic substitute, so a resumed run reads the
+same data), with a warning naming it; more than :func:`max_undecodable` such files stop with a
+``ValueError``. Images with more than
 ``max_pixels`` pixels (default ``PIL.Image.MAX_IMAGE_PIXELS``, about 89 Mpx) are refused as
 decompression bombs (PIL itself also refuses to open files over twice its global limit).
 
@@ -35,9 +39,11 @@ Items: ``image`` float32 ``(channels, size, size)`` in ``[-1, 1]``; ``label`` in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
+from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -55,6 +61,23 @@ METADATA_FILE = "metadata.jsonl"
 DEFAULT_MAX_PIXELS = 89_478_485
 #: How many skipped paths one warning lists before "and N more".
 WARN_LIST_LIMIT = 5
+
+
+class UndecodableImages(ValueError):
+    """More files failed to decode in the loader than :func:`max_undecodable` allows. One line also when
+    raised in a DataLoader worker: torch re-raises it in the main process as ``type(e)(the worker's
+    traceback as text)``, so the message is taken back out of that text."""
+
+    def __init__(self, message: str) -> None:
+        marker = f"{type(self).__name__}: "
+        if "Original Traceback" in message and marker in message:
+            message = message.rsplit(marker, 1)[1].strip()
+        super().__init__(message)
+
+
+def max_undecodable(n: int) -> int:
+    """How many files of an ``n``-image folder may fail to decode in the loader before it stops: 1% or 10."""
+    return max(10, n // 100)
 
 
 @dataclass(frozen=True)
@@ -109,6 +132,29 @@ def list_image_files(root: str) -> list[str]:
     return sorted(found)
 
 
+def image_files(root: str) -> list[str]:
+    """The files a folder dataset reads (before checking them): those its metadata.jsonl lists that exist, else
+    every image file."""
+    meta = os.path.join(root, METADATA_FILE)
+    if os.path.isfile(meta):
+        return [n for n in sorted(read_metadata(meta)) if os.path.isfile(os.path.join(root, n))]
+    return list_image_files(root)
+
+
+def image_sizes(root: str, limit: int = 2000) -> tuple[Counter[tuple[int, int]], int]:
+    """``(width, height)`` counts from the headers of the folder's files (:func:`image_files`; at most ``limit``
+    of them, evenly spread) and how many files there are; unreadable files are left out (the dataset says why)."""
+    files = image_files(root)
+    picked = files if len(files) <= limit else [files[i * len(files) // limit] for i in range(limit)]
+    sizes: Counter[tuple[int, int]] = Counter()
+    for name in picked:
+        with contextlib.suppress(Exception), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(os.path.join(root, name)) as img:
+                sizes[img.size] += 1
+    return sizes, len(files)
+
+
 def read_metadata(path: str) -> dict[str, dict[str, Any]]:
     """Rows of a ``metadata.jsonl`` keyed by normalised ``file_name``; ``ValueError`` naming the file and
     line for malformed JSON, a row that is not an object, a missing/non-string ``file_name``, a
@@ -140,6 +186,22 @@ def read_metadata(path: str) -> dict[str, dict[str, Any]]:
     return rows
 
 
+def _end_missing(path: str, fmt: str | None) -> bool:
+    """Whether a JPEG lacks its end-of-image marker, a GIF its trailer, or a BMP the bytes its header
+    states: the cheap sign of a cut file (one read at the end). Data after the marker is legal, so a
+    file flagged here is decoded in full to decide."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        if fmt == "BMP":
+            stated = int.from_bytes(f.read(6)[2:], "little")
+            return stated > size
+        if fmt in ("JPEG", "GIF") and size >= 2:
+            f.seek(-2, os.SEEK_END)
+            tail = f.read(2)
+            return tail != b"\xff\xd9" if fmt == "JPEG" else not tail.endswith(b"\x3b")
+    return False
+
+
 def check_image_file(path: str, max_pixels: int, full: bool) -> str | None:
     """Why ``path`` is unusable (empty, not an image, too many pixels, corrupt), or None if it is fine."""
     try:
@@ -152,8 +214,9 @@ def check_image_file(path: str, max_pixels: int, full: bool) -> str | None:
                 if w * h > max_pixels:
                     return (f"{w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels} "
                             "(refused as a possible decompression bomb)")
+                fmt = img.format
                 img.verify()
-            if full:
+            if full or _end_missing(path, fmt):
                 with Image.open(path) as img:
                     img.load()
     except Image.DecompressionBombError as e:  # over twice PIL's global limit: PIL refuses to open it
@@ -233,6 +296,7 @@ class FolderDataset(Dataset):
         self.embeddings = self._read_embeddings(meta_path)
         self.epoch = 0
         self._cache: dict[int, torch.Tensor] = {}
+        self.undecodable: dict[int, str] = {}  # index -> why it failed to decode, found while reading items
 
     @staticmethod
     def _caption(row: dict[str, Any]) -> str:
@@ -304,21 +368,44 @@ class FolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    def _decoded(self, index: int) -> tuple[int, torch.Tensor]:
+        """``(index, image)``, or for a file that does not decode the next index whose file does (see the
+        module docstring); every file that fails is warned about once and remembered in ``undecodable``."""
+        cfg = self.config
+        for _ in range(len(self)):
+            if index not in self.undecodable:
+                image = self._cache.get(index)
+                if image is not None:
+                    return index, image
+                path = os.path.join(cfg.root, self.files[index])
+                try:
+                    image = load_image(path, cfg.size, cfg.channels)
+                except Exception as e:  # noqa: BLE001  PIL reports corruption as OSError, SyntaxError, ...
+                    self._undecodable(path, index, f"{type(e).__name__}: {e}")
+                else:
+                    if cfg.cache:
+                        self._cache[index] = image
+                    return index, image
+            index = (index + 1) % len(self)
+        raise AssertionError("unreachable: _undecodable stops before every file failed")
+
+    def _undecodable(self, path: str, index: int, reason: str) -> None:
+        self.undecodable[index] = reason
+        limit = max_undecodable(len(self))
+        if len(self.undecodable) > limit:
+            raise UndecodableImages(f"{self.config.root}: {len(self.undecodable)} files failed to decode, more "
+                                    f"than the {limit} allowed (1% or 10), last {path} ({reason}); find them all "
+                                    "up front with data.verify: full")
+        warnings.warn(f"cannot decode {path} ({reason}); reading the next image in its place "
+                      f"({len(self.undecodable)} of at most {limit} such files; data.verify: full finds them up "
+                      "front)", stacklevel=3)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         cfg = self.config
         if not -len(self) <= index < len(self):
             raise IndexError(f"folder index {index} out of range for {len(self)} images")
-        index = index % len(self)
+        index, image = self._decoded(index % len(self))
         path = os.path.join(cfg.root, self.files[index])
-        image = self._cache.get(index)
-        if image is None:
-            try:
-                image = load_image(path, cfg.size, cfg.channels)
-            except Exception as e:
-                raise OSError(f"cannot decode {path}: {type(e).__name__}: {e} "
-                              "(FolderDataset(verify='full') finds such files up front)") from e
-            if cfg.cache:
-                self._cache[index] = image
         if flip_decision(cfg.seed, self.epoch, index, cfg.flip_p):
             image = hflip(image)
         item: dict[str, Any] = {"image": image, "path": path}

@@ -112,8 +112,11 @@ class NpzDataset(Dataset):
             raise ValueError(f"{path}: {key!r} has dtype {images.dtype}; allowed: {', '.join(ALLOWED_DTYPES)}")
         if images.dtype == np.uint8:
             return images
-        if not np.isfinite(images).all():
-            raise ValueError(f"{path}: {key!r} contains NaN or inf")
+        finite = np.isfinite(images.reshape(len(images), -1)).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            raise ValueError(f"{path}: {key!r} contains NaN or inf, first at index {bad[0]} ({len(bad)} of "
+                             f"{len(images)} images)")
         lo, hi = (-1.0, 1.0) if self.config.float_range == "symmetric" else (0.0, 1.0)
         vmin, vmax = float(images.min()), float(images.max())
         if vmin < lo - RANGE_TOLERANCE or vmax > hi + RANGE_TOLERANCE:

@@ -15,12 +15,14 @@ looks. Older checkpoints beyond the last ``keep_last`` are deleted after a succe
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..io import fsync_dir, fsync_file, load_json_format, load_tensors, save_tensors
+from ..io import fsync_dir, fsync_file, is_no_space, load_json_format, load_tensors, save_tensors
 
 FORMAT = "denoisekit.checkpoint/1"
 MODEL_FILE, EMA_FILE, OPTIM_FILE, STATE_FILE = "model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json"
@@ -86,6 +88,33 @@ def capture_rng() -> dict[str, Any]:
     return out
 
 
+def check_rng(state: Any, source: str) -> None:
+    """Refuse an RNG state :func:`restore_rng` would choke on (wrong sizes, types or hex), naming the part."""
+    def bad(part: str, why: str) -> ValueError:
+        return ValueError(f"{source}: RNG state {part} {why}")
+
+    if not isinstance(state, Mapping):
+        raise bad("", f"is {type(state).__name__}, expected an object with python, numpy and torch")
+    py = state.get("python")
+    if not (isinstance(py, list) and len(py) == 3 and isinstance(py[1], list) and len(py[1]) == 625
+            and all(isinstance(v, int) and 0 <= v < 2**32 for v in py[1])):
+        raise bad("'python'", "is not [version, 625 words, gauss]")
+    n = state.get("numpy")
+    if not (isinstance(n, Mapping) and n.get("name") == "MT19937" and isinstance(n.get("keys"), list)
+            and len(n["keys"]) == 624 and all(isinstance(v, int) and 0 <= v < 2**32 for v in n["keys"])
+            and isinstance(n.get("pos"), int) and 0 <= n["pos"] <= 624):
+        raise bad("'numpy'", "is not an MT19937 state (624 keys, pos in 0..624)")
+    expected = {"torch": torch.get_rng_state().numel()}
+    for part, size in expected.items():
+        value = state.get(part)
+        try:
+            ok = isinstance(value, str) and len(bytes.fromhex(value)) == size
+        except ValueError:
+            ok = False
+        if not ok:
+            raise bad(repr(part), f"is not {size} bytes of hex")
+
+
 def restore_rng(state: Mapping[str, Any]) -> None:
     """Inverse of :func:`capture_rng`."""
     version, mt, gauss = state["python"]
@@ -102,15 +131,36 @@ def restore_rng(state: Mapping[str, Any]) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Checkpoint directories
+#
+# ``step_N`` is complete by construction (it appears only by a rename). Re-saving an existing step (training
+# again over a step whose checkpoint was corrupt) swaps in three renames: the finished ``.tmp-step_N-*`` becomes
+# ``.new-step_N`` (complete), ``step_N`` becomes ``.old-step_N``, ``.new-step_N`` becomes ``step_N``. A kill at
+# any moment leaves a complete copy of step N under one of the three names: readers find it
+# (:func:`list_checkpoints`) and the next writer puts it back in place (:func:`recover`). Only ``.tmp-*`` can
+# be incomplete.
+
+_ASIDE = re.compile(r"^\.(new|old)-(step_\d{8,})(?:-\d+)?$")
 
 
 def list_checkpoints(root: str | os.PathLike[str]) -> list[tuple[int, Path]]:
-    """Complete checkpoints under ``root`` as ``(step, path)``, oldest first."""
+    """Complete checkpoints under ``root`` as ``(step, path)``, oldest first. A step whose swap was
+    interrupted is found under its ``.new-`` (preferred) or ``.old-`` name."""
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
-    return sorted(found)
+    found: dict[int, tuple[int, Path]] = {}
+    for p in root.iterdir():
+        if not p.is_dir():
+            continue
+        if m := _STEP_DIR.match(p.name):
+            rank, step = 0, int(m.group(1))
+        elif m := _ASIDE.match(p.name):
+            rank, step = (1 if m.group(1) == "new" else 2), int(m.group(2)[5:])
+        else:
+            continue
+        if step not in found or rank < found[step][0]:
+            found[step] = (rank, p)
+    return sorted((step, p) for step, (_, p) in found.items())
 
 
 def latest_checkpoint(root: str | os.PathLike[str]) -> Path | None:
@@ -118,13 +168,56 @@ def latest_checkpoint(root: str | os.PathLike[str]) -> Path | None:
     return found[-1][1] if found else None
 
 
-def clean_stale(root: str | os.PathLike[str]) -> None:
-    """Remove temporary directories left by an interrupted save."""
+def recover(root: str | os.PathLike[str]) -> list[str]:
+    """Finish or undo an interrupted save (the run's one writer calls this before it writes): a complete
+    ``.new-``/``.old-`` copy whose ``step_N`` is missing is renamed back into place, then the leftovers
+    (``.tmp-*``, which may be half-written, and superseded copies) are removed. Returns what was restored."""
     root = Path(root)
-    if root.is_dir():
-        for p in root.iterdir():
-            if p.is_dir() and p.name.startswith((".tmp-", ".old-")):
-                shutil.rmtree(p, ignore_errors=True)
+    if not root.is_dir():
+        return []
+    restored = []
+    for step, path in list_checkpoints(root):
+        if path.name != step_dir_name(step):
+            os.replace(path, root / step_dir_name(step))
+            restored.append(f"{path.name} -> {step_dir_name(step)}")
+    if restored:
+        fsync_dir(root)
+    for p in root.iterdir():
+        if p.is_dir() and (p.name.startswith(".tmp-") or _ASIDE.match(p.name)):
+            shutil.rmtree(p, ignore_errors=True)
+    return restored
+
+
+def set_aside(path: str | os.PathLike[str]) -> Path:
+    """Rename an unreadable checkpoint ``step_N`` to ``step_N.corrupt`` (kept for inspection, never loaded)."""
+    path = Path(path)
+    target, k = path.with_name(f"{path.name}.corrupt"), 1
+    while target.exists():
+        k += 1
+        target = path.with_name(f"{path.name}.corrupt-{k}")
+    os.replace(path, target)
+    fsync_dir(path.parent)
+    return target
+
+
+def tensor_bytes(*parts: Mapping[str, Any]) -> int:
+    """Bytes of the tensors in (nested) mappings: what a checkpoint of them needs on disk, near enough."""
+    total = 0
+    for part in parts:
+        for v in part.values():
+            if isinstance(v, Tensor):
+                total += v.numel() * v.element_size()
+            elif isinstance(v, Mapping):
+                total += tensor_bytes(v)
+    return total
+
+
+def _no_space(root: Path, step: int, need: int, previous: Path | None) -> OSError:
+    free = shutil.disk_usage(root).free if root.exists() else 0
+    kept = f"the last checkpoint {previous.name} is intact" if previous is not None else "no checkpoint existed yet"
+    return OSError(errno.ENOSPC, f"no space left on the device of {root} while writing checkpoint "
+                   f"{step_dir_name(step)} (it needs about {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free); "
+                   f"nothing was lost: {kept}. Free some space and resume (--resume)")
 
 
 def save_checkpoint(root: str | os.PathLike[str], step: int, *, model: Mapping[str, Tensor],
@@ -134,34 +227,44 @@ def save_checkpoint(root: str | os.PathLike[str], step: int, *, model: Mapping[s
 
     ``optimizer`` is ``optimizer.state_dict()``; ``state`` is any JSON-able mapping (scheduler, EMA,
     data position, RNG...), stored under ``state.json`` with ``format``, ``step`` and the optimiser's
-    scalar state added.
+    scalar state added. A full disk raises ``OSError(ENOSPC)`` saying how much a checkpoint needs; the
+    checkpoints already there are untouched.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
+    previous = latest_checkpoint(root)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+    optim_tensors, optim_rest = flatten_optimizer_state(optimizer)
     try:
         os.chmod(tmp, 0o755)
         meta = {"format": FORMAT, "step": str(step)}
         save_tensors(tmp / MODEL_FILE, model, meta)
         save_tensors(tmp / EMA_FILE, ema, meta)
-        optim_tensors, optim_rest = flatten_optimizer_state(optimizer)
         save_tensors(tmp / OPTIM_FILE, optim_tensors, meta)
         doc = {"format": FORMAT, "step": step, "optimizer": optim_rest, **state}
         (tmp / STATE_FILE).write_text(json.dumps(doc, indent=1, allow_nan=True) + "\n")
         for f in tmp.iterdir():
+            os.chmod(f, 0o644)
             fsync_file(f)
         fsync_dir(tmp)
-        if final.exists():  # re-saving a step (after a resume): swap, never delete first
-            old = root / f".old-{final.name}-{os.getpid()}"
+        if final.exists():  # re-saving a step: swap (see above), never a moment without a complete step N
+            new, old = root / f".new-{final.name}", root / f".old-{final.name}"
+            for leftover in (new, old):
+                shutil.rmtree(leftover, ignore_errors=True)
+            os.replace(tmp, new)
+            fsync_dir(root)
             os.replace(final, old)
-            os.replace(tmp, final)
+            os.replace(new, final)
+            fsync_dir(root)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
         fsync_dir(root)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_no_space(e):
+            raise _no_space(root, step, tensor_bytes(model, ema, optim_tensors), previous) from None
         raise
     if keep_last > 0:
         for _, old_path in list_checkpoints(root)[:-keep_last]:
@@ -201,9 +304,18 @@ def load_weights(net: nn.Module, state: Mapping[str, Tensor], source: str) -> No
     for k, v in expected.items():
         if state[k].shape != v.shape:
             raise ValueError(f"{source}: tensor {k!r} has shape {tuple(state[k].shape)}, the config needs {tuple(v.shape)}")
-        if state[k].is_floating_point() and not torch.isfinite(state[k]).all():
-            raise ValueError(f"{source}: tensor {k!r} contains NaN or inf")
+        _check_tensor(k, state[k], v, source)
     net.load_state_dict(dict(state))
+
+
+def _check_tensor(key: str, value: Tensor, expected: Tensor, source: str) -> None:
+    """Same kind of dtype (a float tensor may be stored at another precision, with a warning) and finite."""
+    if value.dtype != expected.dtype:
+        if not (value.is_floating_point() and expected.is_floating_point()):
+            raise ValueError(f"{source}: tensor {key!r} is {value.dtype}, the model needs {expected.dtype}")
+        warnings.warn(f"{source}: tensor {key!r} is stored as {value.dtype}; loading it as {expected.dtype}")
+    if value.is_floating_point() and not torch.isfinite(value).all():
+        raise ValueError(f"{source}: tensor {key!r} contains NaN or inf")
 
 
 def load_delta(net: nn.Module, delta: Mapping[str, Tensor], source: str) -> None:
@@ -216,6 +328,5 @@ def load_delta(net: nn.Module, delta: Mapping[str, Tensor], source: str) -> None
     for k, v in delta.items():
         if v.shape != expected[k].shape:
             raise ValueError(f"{source}: tensor {k!r} has shape {tuple(v.shape)}, the model needs {tuple(expected[k].shape)}")
-        if v.is_floating_point() and not torch.isfinite(v).all():
-            raise ValueError(f"{source}: tensor {k!r} contains NaN or inf")
+        _check_tensor(k, v, expected[k], source)
     net.load_state_dict(dict(delta), strict=False)

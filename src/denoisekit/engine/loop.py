@@ -30,6 +30,7 @@ import contextlib
 import math
 import os
 import random
+import signal
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -42,14 +43,24 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from . import lineage
-from .checkpoint import capture_rng, clean_stale, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
-from .stream import LOADER_STREAM, NOISE_STREAM, EpochIndexed, StreamSampler, stream_seeds
+from .checkpoint import (OPTIM_FILE, STATE_FILE, capture_rng, check_rng, latest_checkpoint, list_checkpoints, load_checkpoint, recover,
+                         restore_rng, save_checkpoint, set_aside)
 from .ema import EMA
-from .optim import TrainingDiverged, build_adamw, joint_optimizer_state, load_joint_optimizer_state
+from .lock import LOCK_FILE, RunLock
+from .optim import TrainingDiverged, build_adamw, joint_optimizer_state, load_optimizer_states
+from .stopping import StopRequest, TrainingStopped, catch_stop_signals
+from .stream import (DROPOUT_STREAM, LOADER_STREAM, NOISE_STREAM, EpochIndexed, StreamSampler, sample_randomness,
+                     stream_seeds)
 from .recipe import Recipe
 from .runlog import RunLog
 
 RUN_CONFIG, CHECKPOINTS = lineage.RUN_CONFIG, lineage.CHECKPOINTS
+#: A parameter larger than this in magnitude is not a trained network: such weights are never checkpointed.
+MAX_WEIGHT = 1e8
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint's files cannot be read or do not describe a state this run can continue from."""
 #: ``metrics(engine) -> {name: value}``, called where the recipe previews (main process only).
 MetricsHook = Callable[["Engine"], Mapping[str, float]]
 
@@ -79,7 +90,7 @@ class Engine:
         from accelerate import Accelerator
 
         self.recipe, self.out, self.progress, self.metrics = recipe, Path(out_dir), progress, metrics
-        c, tc = recipe.config, recipe.config.train
+        tc = recipe.config.train
         cpu = tc.device == "cpu" or (not torch.cuda.is_available() and _world_size_from_env() > 1)
         self.acc = acc = Accelerator(cpu=cpu, gradient_accumulation_steps=tc.grad_accum)
         self.rank, self.world, self.main = acc.process_index, acc.num_processes, acc.is_main_process
@@ -89,6 +100,29 @@ class Engine:
                              f"number of processes ({self.world})")
         self.micro = self.chunk // self.world
 
+        self.lock: RunLock | None = None
+        created = [d for d in (self.out, *self.out.parents) if not d.exists()]  # made here, deepest first
+        if self.main:  # the one writer: lock first, then finish any interrupted checkpoint swap
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.lock = RunLock(self.out)
+        try:
+            self._open(resume)
+        except BaseException:
+            self.close()
+            if created and self.main:  # a run that could not start leaves nothing behind
+                (self.out / LOCK_FILE).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    for d in created:
+                        d.rmdir()
+            raise
+
+    def _open(self, resume: bool) -> None:
+        recipe, acc = self.recipe, self.acc
+        c, tc = recipe.config, recipe.config.train
+        if self.main:
+            for line in recover(self.out / CHECKPOINTS):
+                warnings.warn(f"{self.out}: restored the checkpoint of an interrupted save ({line})")
+        acc.wait_for_everyone()
         ckpt = latest_checkpoint(self.out / CHECKPOINTS)
         if ckpt is not None and not resume:
             raise FileExistsError(f"{self.out} already holds checkpoints (latest: {ckpt.name}); resume it "
@@ -118,11 +152,13 @@ class Engine:
         recipe.wrapped = dict(zip(names, prepared[:len(names)]))
         self.opts = list(prepared[len(names):])
         self.step, self.nan_total, self.nan_streak, self.elapsed = 0, 0, 0, 0.0
-        rng_state = self._load(ckpt) if ckpt is not None else None
+        if ckpt is not None:
+            self._check_schedule_length(old, specs)
+        rng_state = self._resume() if ckpt is not None else None
+        #: The step the run directory's latest checkpoint already holds (nothing to save there again).
+        self.saved_step = self.step if ckpt is not None else -1
 
         if self.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            clean_stale(self.out / CHECKPOINTS)
             recipe.save_config(self.out / RUN_CONFIG)
         fields = ("step", *recipe.stats, "lr", "grad_norm", "nan_skipped", "images_per_s", "elapsed_s")
         self.log = RunLog(self.out, self.step, resumed=ckpt is not None, fields=fields) if self.main else None
@@ -164,36 +200,72 @@ class Engine:
                                                          if k.startswith(n + ".")}
             self.recipe.load_module(n, e.module, part, source if len(self.emas) == 1 else f"{source} ({n})")
 
+    def _check_schedule_length(self, old: Mapping[str, Any], specs: Any) -> None:
+        """``train.steps`` may change on resume only where no learning-rate curve depends on it."""
+        before, now = old.get("train", {}).get("steps"), self.recipe.config.train.steps
+        decaying = sorted({s.optim.schedule for s in specs} - {"constant"})
+        if before != now and decaying:
+            raise ValueError(f"cannot resume {self.out} with train.steps {now}: it was trained with train.steps "
+                             f"{before} and optim.schedule {decaying[0]}, whose decay is planned over those steps "
+                             f"(a new length would change the learning rate of every step). Keep train.steps: "
+                             f"{before}, or start a new run from this one (init.from_run: {self.out})")
+
+    def _resume(self) -> dict[str, Any] | None:
+        """Load the newest checkpoint that is intact; the unreadable ones above it are set aside with a warning."""
+        bad: list[tuple[Path, str]] = []
+        for _, path in reversed(list_checkpoints(self.out / CHECKPOINTS)):
+            try:
+                rng = self._load(path)
+            except CorruptCheckpoint as e:
+                bad.append((path, str(e)))
+                continue
+            for p, why in bad:
+                kept = set_aside(p).name if self.main else f"{p.name}.corrupt"
+                warnings.warn(f"checkpoint {p} is unreadable ({why}); resumed from the newest intact one, "
+                              f"{path.name}; the bad one is kept as {kept}")
+            return rng
+        raise ValueError(f"cannot resume {self.out}: no checkpoint can be loaded ("
+                         + "; ".join(f"{p.name}: {why}" for p, why in bad) + ")")
+
     def _load(self, path: Path) -> dict[str, Any] | None:
-        ck = load_checkpoint(path)
+        try:
+            ck = load_checkpoint(path)
+        except (ValueError, FileNotFoundError) as e:
+            raise CorruptCheckpoint(str(e)) from None
         st = ck["state"]
         recorded = st.get("depends", [])
         differs = lineage.same(recorded, self.depends)
         if differs:
             raise ValueError(f"cannot resume {self.out}: its {differs}")
         lineage.check(recorded, f"cannot resume {self.out}")
+        try:
+            return self._restore(path, ck)
+        except (KeyError, ValueError, TypeError, IndexError) as e:
+            msg = f"{path / STATE_FILE}: missing key {e}" if isinstance(e, KeyError) else str(e)
+            raise CorruptCheckpoint(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+
+    def _restore(self, path: Path, ck: dict[str, Any]) -> dict[str, Any] | None:
+        st = ck["state"]
+        for i, r in enumerate(st.get("rng", [])):
+            check_rng(r, f"{path / STATE_FILE} (rng[{i}])")
         self.recipe.load_state(st, str(path))
         self.recipe.load_weights(ck["model"], str(path / "model.safetensors"))
         self._load_ema_weights(ck["ema"], str(path / "ema.safetensors"))
-        try:
-            emas = st.get("ema", {})
-            if len(self.emas) == 1:
-                next(iter(self.emas.values())).load_state_dict(emas)
-            else:
-                for n, e in self.emas.items():
-                    e.load_state_dict(emas[n])
-            if len(self.opts) == 1:
-                self.opts[0].load_state_dict(ck["optimizer"])
-                self.scheds[0].load_state_dict(st["scheduler"])
-            else:
-                load_joint_optimizer_state(self.opts, ck["optimizer"])
-                for s, sd in zip(self.scheds, st["scheduler"], strict=True):
-                    s.load_state_dict(sd)
-            position, nan = st["data"]["position"], st["nan"]
-            self.nan_total, self.nan_streak = nan["total"], nan["streak"]
-            self.elapsed = float(st.get("elapsed_s", 0.0))
-        except (KeyError, ValueError, TypeError) as e:
-            raise ValueError(f"{path}: cannot restore training state ({e!r})") from None
+        emas = st.get("ema", {})
+        if len(self.emas) == 1:
+            next(iter(self.emas.values())).load_state_dict(emas)
+        else:
+            for n, e in self.emas.items():
+                e.load_state_dict(emas[n])
+        load_optimizer_states(self.opts, ck["optimizer"], str(path / OPTIM_FILE))
+        scheds = [st["scheduler"]] if len(self.scheds) == 1 else st["scheduler"]
+        for s, sd in zip(self.scheds, scheds, strict=True):
+            if not isinstance(sd, Mapping) or not isinstance(sd.get("last_epoch"), int):
+                raise ValueError(f"{path / STATE_FILE}: 'scheduler' is not a learning-rate schedule state")
+            s.load_state_dict(sd)
+        position, nan = st["data"]["position"], st["nan"]
+        self.nan_total, self.nan_streak = int(nan["total"]), int(nan["streak"])
+        self.elapsed = float(st.get("elapsed_s", 0.0))
         self.step = ck["step"]
         bs = self.recipe.config.train.batch_size
         if position != self.step * bs:
@@ -219,6 +291,10 @@ class Engine:
             for name, p in model.items():
                 if p.is_floating_point() and not torch.isfinite(p).all():
                     raise TrainingDiverged(f"parameter {name!r} is NaN/inf at step {self.step}; not saving")
+                if p.is_floating_point() and p.numel() and (big := float(p.abs().max())) > MAX_WEIGHT:
+                    raise TrainingDiverged(f"parameter {name!r} reached magnitude {big:.3g} at step {self.step} "
+                                           f"(more than {MAX_WEIGHT:.0e}: the run diverged); not saving. The last "
+                                           f"good checkpoint is {latest_checkpoint(self.out / CHECKPOINTS)}")
             tc = self.recipe.config.train
             ema_state: Any = ({n: e.state_dict() for n, e in self.emas.items()} if len(self.emas) != 1
                               else next(iter(self.emas.values())).state_dict())
@@ -235,10 +311,11 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------ the loop
 
-    def step_generators(self, micro_index: int, count: int) -> list[torch.Generator]:
-        """One generator per sample of micro-batch ``micro_index`` of this step on this process."""
+    def step_generators(self, micro_index: int, count: int, stream: int = NOISE_STREAM) -> list[torch.Generator]:
+        """One generator per sample of micro-batch ``micro_index`` of this step on this process (the recipe's
+        noise stream; network dropout has its own, so that it never shifts the recipe's draws)."""
         tc = self.recipe.config.train
-        seeds = stream_seeds(tc.seed, NOISE_STREAM, self.step, tc.batch_size)
+        seeds = stream_seeds(tc.seed, stream, self.step, tc.batch_size)
         first = micro_index * self.chunk + self.rank * self.micro
         return [torch.Generator().manual_seed(int(s)) for s in seeds[first:first + count]]
 
@@ -267,7 +344,7 @@ class Engine:
             part: dict[str, Tensor] = {}
             for m, batch in enumerate(batches):
                 gens = self.step_generators(m, _batch_len(batch))
-                with acc.accumulate(*wrapped):
+                with acc.accumulate(*wrapped), sample_randomness(self.step_generators(m, len(gens), DROPOUT_STREAM)):
                     with autocast:
                         stats = recipe.step(batch, gens, self)
                     if stats["loss"].requires_grad:
@@ -321,51 +398,25 @@ class Engine:
                 self.log.metrics(self.step, values)
 
     def fit(self, stop_at: int | None = None) -> Path:
-        """Train to ``train.steps`` (or stop early, checkpointed, after step ``stop_at``); return the run dir."""
+        """Train to ``train.steps`` (or stop early, checkpointed, after step ``stop_at``); return the run dir.
+
+        SIGTERM or Ctrl-C finishes the step in progress, checkpoints it and raises
+        :class:`~denoisekit.engine.stopping.TrainingStopped` (:mod:`denoisekit.engine.stopping`)."""
         from tqdm.auto import tqdm
 
         recipe, tc = self.recipe, self.recipe.config.train
-        every = recipe.preview_every()
         end = tc.steps if stop_at is None else min(stop_at, tc.steps)
         bar = tqdm(total=tc.steps, initial=self.step, desc=recipe.name, dynamic_ncols=True,
                    disable=not (self.progress and self.main))
-        t0 = time.perf_counter()
-        sums: dict[str, float] = {}
-        count, logged_step, logged_time, saved_at, evaluated_at = 0, self.step, t0, -1, -1
+        if self.step >= end and self.main and self.progress:
+            bar.write(f"{self.out} is already at step {self.step} of {tc.steps}: nothing to train")
         try:
-            while self.step < end:
-                t_step = time.perf_counter()
-                stats = self.train_step()
-                self.elapsed += time.perf_counter() - t_step
-                bar.update(1)
-                if self.nan_streak:
-                    self._report_nan(stats, bar)
-                else:
-                    count += 1
-                    for k in recipe.stats:
-                        sums[k] = sums.get(k, 0.0) + stats.get(k, math.nan)
-                if self.step % tc.log_every == 0 or self.step == tc.steps:
-                    now = time.perf_counter()
-                    means = {k: sums[k] / count if count else math.nan for k in recipe.stats}
-                    ips = tc.batch_size * (self.step - logged_step) / max(now - logged_time, 1e-9)
-                    if self.log is not None:
-                        self.log.log({"step": self.step, **means, "lr": self.scheds[0].get_last_lr()[0],
-                                      "grad_norm": stats["grad_norm"], "nan_skipped": self.nan_total,
-                                      "images_per_s": ips, "elapsed_s": self.elapsed})
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in list(means.items())[:3]} | {"img_s": f"{ips:.0f}"})
-                    sums, count, logged_step, logged_time = {}, 0, self.step, now
-                if tc.save_every and self.step % tc.save_every == 0:
-                    self.save()
-                    saved_at = self.step
-                    if self.log is not None:
-                        self.log.plot()
-                if every and self.step % every == 0:
-                    self.evaluate()
-                    evaluated_at = self.step
-            if saved_at != self.step:
-                self.save()
-            if evaluated_at != self.step:
-                self.evaluate()
+            with catch_stop_signals() as stop:
+                self._loop(end, bar, stop)
+            if stop.signum is not None:
+                raise TrainingStopped(f"stopped by {stop.name} at step {self.step} of {tc.steps}; its checkpoint is "
+                                      f"saved ({self.out / CHECKPOINTS / f'step_{self.step:08d}'}); continue with "
+                                      f"--resume", stop.signum)
             if self.step >= tc.steps and self.main:
                 recipe.finish(self)
         finally:
@@ -373,8 +424,66 @@ class Engine:
             if self.log is not None:
                 self.log.plot()
                 self.log.close()
+            self.close()
         self.acc.wait_for_everyone()
         return self.out
+
+    def _stop_requested(self, stop: StopRequest) -> bool:
+        """Whether any process was asked to stop (collective with several processes, so all stop together)."""
+        flag = stop.signum is not None
+        if self.world > 1:
+            flag = bool(self.acc.reduce(torch.tensor(float(flag), device=self.device), "sum") > 0)
+            if flag and stop.signum is None:
+                stop.signum = signal.SIGTERM
+        return flag
+
+    def _loop(self, end: int, bar: Any, stop: StopRequest) -> None:
+        """Steps up to ``end`` (fewer when a stop is requested), logging, saving and previewing on schedule;
+        the last step reached is always checkpointed and previewed."""
+        recipe, tc = self.recipe, self.recipe.config.train
+        every = recipe.preview_every()
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        count, logged_step, logged_time, saved_at, evaluated_at = 0, self.step, t0, self.saved_step, -1
+        while self.step < end and not self._stop_requested(stop):
+            t_step = time.perf_counter()
+            stats = self.train_step()
+            self.elapsed += time.perf_counter() - t_step
+            bar.update(1)
+            if self.nan_streak:
+                self._report_nan(stats, bar)
+            else:
+                count += 1
+                for k in recipe.stats:
+                    sums[k] = sums.get(k, 0.0) + stats.get(k, math.nan)
+            if self.step % tc.log_every == 0 or self.step == tc.steps:
+                now = time.perf_counter()
+                means = {k: sums[k] / count if count else math.nan for k in recipe.stats}
+                ips = tc.batch_size * (self.step - logged_step) / max(now - logged_time, 1e-9)
+                if self.log is not None:
+                    self.log.log({"step": self.step, **means, "lr": self.scheds[0].get_last_lr()[0],
+                                  "grad_norm": stats["grad_norm"], "nan_skipped": self.nan_total,
+                                  "images_per_s": ips, "elapsed_s": self.elapsed})
+                bar.set_postfix({k: f"{v:.4g}" for k, v in list(means.items())[:3]} | {"img_s": f"{ips:.0f}"})
+                sums, count, logged_step, logged_time = {}, 0, self.step, now
+            if tc.save_every and self.step % tc.save_every == 0:
+                self.save()
+                saved_at = self.step
+                if self.log is not None:
+                    self.log.plot()
+            if every and self.step % every == 0 and stop.signum is None:
+                self.evaluate()
+                evaluated_at = self.step
+        if saved_at != self.step:
+            self.save()
+        if evaluated_at != self.step and stop.signum is None:
+            self.evaluate()
+
+    def close(self) -> None:
+        """Release the run directory (its lock); :meth:`fit` does this when it ends, however it ends."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def _report_nan(self, stats: Mapping[str, float], bar: Any) -> None:
         tc = self.recipe.config.train

@@ -1,4 +1,5 @@
-"""Run outputs of the main process: CSV and TensorBoard logs, the loss curve, sample grids."""
+"""Run outputs of the main process: CSV and TensorBoard logs (scalars and the preview grids), the loss curve,
+sample grids."""
 
 from __future__ import annotations
 
@@ -44,6 +45,26 @@ def read_log_rows(path: Path) -> list[dict[str, str]]:
         return [r for r in csv.DictReader(f) if (r.get("step") or "").isdigit()]
 
 
+def save_loss_curve(log: Path, png: Path) -> None:
+    """``png``: the ``loss`` column of the CSV log ``log`` against its ``step`` (log scale)."""
+    from matplotlib.figure import Figure  # no pyplot: leaves the user's backend alone
+
+    pts = [(int(r["step"]), float(r["loss"])) for r in read_log_rows(log)]
+    pts = [(s, v) for s, v in pts if math.isfinite(v)]
+    fig = Figure(figsize=(6, 3.6), dpi=100)
+    ax = fig.subplots()
+    if pts:
+        ax.plot(*zip(*pts), lw=1.2)
+        if all(v > 0 for _, v in pts):
+            ax.set_yscale("log")
+    ax.set(xlabel="step", ylabel="loss", title="training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    write_atomic(png, lambda p: fig.savefig(p, format="png"))
+
+
+#: Where a recipe's preview grids go in the run directory (``step_*.png``), sent to TensorBoard as images.
+PREVIEWS = "samples"
 _TB_WARNED = False
 
 
@@ -78,6 +99,7 @@ class RunLog:
             lines = [",".join(fields)] + [",".join(str(r.get(f, "")) for f in fields) for r in rows]
             write_text_atomic(path, "\n".join(lines) + "\n")
         self.tb = _summary_writer(out / "tb", step + 1 if resumed else None)
+        self._imaged = step if resumed else -1  # the step of the last preview grid sent to TensorBoard
 
     _rows = staticmethod(read_log_rows)
 
@@ -90,6 +112,7 @@ class RunLog:
         if self.tb is not None:
             for k in self.FIELDS[1:]:
                 self.tb.add_scalar(f"train/{k}", row[k], row["step"])
+            self.images()
 
     def metrics(self, step: int, values: Mapping[str, float]) -> None:
         for k, v in values.items():
@@ -99,21 +122,26 @@ class RunLog:
 
     def plot(self) -> None:
         """``loss.png``: the logged loss against the step (log scale)."""
-        from matplotlib.figure import Figure  # no pyplot: leaves the user's backend alone
+        save_loss_curve(self.files["log"][0], self.out / "loss.png")
 
-        pts = [(int(r["step"]), float(r["loss"])) for r in self._rows(self.files["log"][0])]
-        pts = [(s, v) for s, v in pts if math.isfinite(v)]
-        fig = Figure(figsize=(6, 3.6), dpi=100)
-        ax = fig.subplots()
-        if pts:
-            ax.plot(*zip(*pts), lw=1.2)
-            if all(v > 0 for _, v in pts):
-                ax.set_yscale("log")
-        ax.set(xlabel="step", ylabel="loss", title="training loss")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        write_atomic(self.out / "loss.png", lambda p: fig.savefig(p, format="png"))
+    def images(self) -> None:
+        """The preview grids written since the last call (``samples/step_*.png``) to TensorBoard as
+        ``samples`` at their step."""
+        if self.tb is None:
+            return
+        import numpy as np
+        from PIL import Image
+
+        for path in sorted((self.out / PREVIEWS).glob("step_*.png")):
+            stem = path.stem.removeprefix("step_")
+            if not stem.isdigit() or int(stem) <= self._imaged:
+                continue
+            step = int(stem)
+            with Image.open(path) as im:
+                self.tb.add_image("samples", np.asarray(im.convert("RGB")), step, dataformats="HWC")
+            self._imaged = step
 
     def close(self) -> None:
         if self.tb is not None:
+            self.images()
             self.tb.close()

@@ -7,7 +7,9 @@ resumed run continues exactly where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -15,7 +17,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-_DATA, NOISE_STREAM, LOADER_STREAM = 0x64617461, 0x6E6F6973, 0x6C6F6164  # stream tags: "data", "nois", "load"
+# stream tags: "data", "nois", "load", "drop"
+_DATA, NOISE_STREAM, LOADER_STREAM, DROPOUT_STREAM = 0x64617461, 0x6E6F6973, 0x6C6F6164, 0x64726F70
+_SAMPLE_GENERATORS: ContextVar[list[torch.Generator] | None] = ContextVar("sample_generators", default=None)
 
 
 def stream_seeds(seed: int, tag: int, index: int, count: int = 1) -> np.ndarray:
@@ -71,3 +75,19 @@ class EpochIndexed(Dataset):
             self.dataset.set_epoch(epoch)
             self.epoch = epoch
         return self.dataset[index]
+
+
+@contextlib.contextmanager
+def sample_randomness(generators: list[torch.Generator]) -> Iterator[None]:
+    """Within this block, network layers that draw random numbers per sample (dropout) take sample ``i``'s
+    from ``generators[i]`` (the engine's per-sample dropout stream), not from the global RNG."""
+    token = _SAMPLE_GENERATORS.set(generators)
+    try:
+        yield
+    finally:
+        _SAMPLE_GENERATORS.reset(token)
+
+
+def sample_generators() -> list[torch.Generator] | None:
+    """The per-sample generators of the enclosing :func:`sample_randomness` block, or ``None``."""
+    return _SAMPLE_GENERATORS.get()

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..models.layers import SampleDropout
+
 FORMAT = "denoisekit.feature_classifier/1"
 WEIGHTS_FILE, META_FILE = "model.safetensors", "meta.json"
 
@@ -83,7 +85,7 @@ class FeatureClassifier(nn.Module):
         layers += [_block(c, 2 * c), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * c, config.feature_dim),
                    nn.ReLU()]
         self.body = nn.Sequential(*layers)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = SampleDropout(config.dropout)
         self.heads = nn.ModuleList(nn.Linear(config.feature_dim, k) for k in self.num_classes)
         self.info: dict[str, Any] = {}  # filled by training / loading: accuracy, timing, cache path
 

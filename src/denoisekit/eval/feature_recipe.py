@@ -307,6 +307,24 @@ def _fit(recipe: FeatureNetworkRecipe, run_dir: Path, verbose: bool) -> None:
         Engine(recipe, run_dir, progress=verbose).fit()
 
 
+def fit_in_process(recipe: Recipe, run_dir: str | os.PathLike[str], *, verbose: bool = False) -> Path:
+    """Train ``recipe`` into ``run_dir`` on this process's CPU, single-threaded with deterministic kernels;
+    ``ValueError`` when a GPU or multi-process run already owns this process's accelerate state."""
+    run_dir, state = Path(run_dir), _accelerate_state()
+    if state == "busy":
+        raise ValueError("cannot train a feature network inside a GPU or multi-process run; train it once "
+                         "outside (e.g. 'denoisekit eval'), it is cached")
+    try:
+        _fit(recipe, run_dir, verbose)
+    finally:
+        if state == "none":  # leave accelerate unset, so a later GPU run is not bound to our CPU state
+            from accelerate.state import AcceleratorState, GradientState
+
+            AcceleratorState._reset_state(reset_partial_state=True)
+            GradientState._reset_state()
+    return run_dir
+
+
 #: What ``accelerate launch`` / torchrun set for their processes: a child of one must not join the group.
 _LAUNCH_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "PMI_SIZE",
                "OMPI_COMM_WORLD_SIZE")
@@ -317,17 +335,8 @@ def train_feature_network(config: FeatureRunConfig, images: Tensor, labels: Tens
     """Train a feature-network run into ``run_dir`` (which then holds the exported ``model.safetensors`` and
     ``meta.json``) and return it; in a child process when another run owns this process's accelerate."""
     run_dir = Path(run_dir)
-    state = _accelerate_state()
-    if state != "busy":
-        try:
-            _fit(FeatureNetworkRecipe(config, images, labels), run_dir, verbose)
-        finally:
-            if state == "none":  # leave accelerate unset, so a later GPU run is not bound to our CPU state
-                from accelerate.state import AcceleratorState, GradientState
-
-                AcceleratorState._reset_state(reset_partial_state=True)
-                GradientState._reset_state()
-        return run_dir
+    if _accelerate_state() != "busy":
+        return fit_in_process(FeatureNetworkRecipe(config, images, labels), run_dir, verbose=verbose)
     with tempfile.TemporaryDirectory() as tmp:
         save_tensors(Path(tmp) / "data.safetensors", {"images": images, "labels": labels})
         (Path(tmp) / "config.json").write_text(json.dumps(dataclasses.asdict(config)))

@@ -165,16 +165,21 @@ def cached_classifier(name: str, images: Any, labels: Any, num_classes: int | Se
                           stacklevel=2)
     with tempfile.TemporaryDirectory(prefix="denoisekit-features-") as tmp:
         model = _train(name, x, y, ncls, config, Path(tmp), verbose)
-        run = Path(tmp) / "run"
-        try:  # weights first: meta.json appearing last marks a complete entry
-            folder.mkdir(parents=True, exist_ok=True)
-            for file in (WEIGHTS_FILE, META_FILE):
-                write_atomic(folder / file, lambda p, f=file: shutil.copyfile(run / f, p))
-        except OSError as e:  # a read-only or full disk costs a retrain next time, not this result
-            warnings.warn(f"cannot write the feature network cache {folder} ({e}); it will be retrained next time",
-                          stacklevel=2)
+        store_in_cache(Path(tmp) / "run", folder)
     model.info.update(cache=str(folder), cache_status="trained")
     return model
+
+
+def store_in_cache(run: Path, folder: Path) -> None:
+    """Copy a feature network's ``model.safetensors`` then ``meta.json`` (last: it marks a complete entry) from
+    the run directory ``run`` into the cache ``folder``; a warning, not an error, when the disk refuses."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for file in (WEIGHTS_FILE, META_FILE):
+            write_atomic(folder / file, lambda p, f=file: shutil.copyfile(run / f, p))
+    except OSError as e:  # a read-only or full disk costs a retrain next time, not this result
+        warnings.warn(f"cannot write the feature network cache {folder} ({e}); it will be retrained next time",
+                      stacklevel=3)
 
 
 # --- built-in datasets -------------------------------------------------------------------------------
@@ -198,5 +203,14 @@ def digits_feature_network(cache_dir: str | os.PathLike | None = None, config: C
     return cached_classifier("digits", x, y, 10, config, cache_dir=cache_dir, verbose=verbose)
 
 
-#: Built-in feature networks by dataset name: ``FEATURE_NETWORKS[name](cache_dir=...)``.
+def shapes_feature_network(cache_dir: str | os.PathLike | None = None, verbose: bool = False) -> FeatureClassifier:
+    """The shapes attribute network at 32 pixels (:func:`~denoisekit.eval.alignment.shapes_attribute_network`:
+    count, layout, kind, colour and size heads), trained on first use and cached."""
+    from .alignment import shapes_attribute_network  # at call time: alignment builds on this module
+
+    return shapes_attribute_network(32, cache_dir=cache_dir, verbose=verbose)
+
+
+#: Built-in single-label feature networks by dataset name: ``FEATURE_NETWORKS[name](cache_dir=...)`` (the
+#: shapes network is multi-head and has its own entry point, :func:`shapes_feature_network`).
 FEATURE_NETWORKS: dict[str, Callable[..., FeatureClassifier]] = {"digits": digits_feature_network}

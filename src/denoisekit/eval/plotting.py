@@ -1,7 +1,11 @@
-"""Pictures of 2-D samples: a scatter of samples beside reference data, and an animated trajectory.
+"""Pictures: a scatter of 2-D samples beside reference data, an animated trajectory, and labelled image grids.
 
 Figures are drawn on matplotlib's Agg canvas directly, without pyplot: no display is needed and no
-global backend is switched (a notebook's inline plots keep working). GIFs are assembled by PIL.
+global backend is switched (a notebook's inline plots keep working). GIFs and grids are assembled by PIL.
+
+An image grid (:func:`save_grid`) is a list of groups, each with an optional row label: the images of one class
+or one prompt (a group wraps onto as many rows as a near-square grid needs), or, ``aligned``, rows that belong
+together column by column (a restoration's input, output and truth).
 """
 
 from __future__ import annotations
@@ -98,3 +102,115 @@ def save_trajectory_gif(frames: Sequence[Mapping[str, Any]], path: str | os.Path
     frame_ms = int(1000 / fps)
     durations = [frame_ms] * (len(images) - 1) + [frame_ms * max(1, hold_last)]
     images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0)
+
+
+# ------------------------------------------------------------------------------------------ image grids
+
+#: Pixels between cells, extra pixels between bands of aligned rows, the label font size and widest label column.
+GRID_PAD, BAND_GAP, LABEL_SIZE, LABEL_WIDTH = 2, 6, 11, 160
+
+
+def grid_columns(sizes: Sequence[int]) -> int:
+    """Columns of a near-square grid of groups of ``sizes`` images: ``ceil(sqrt(total))``, at most the largest
+    group (so 10 classes of 10 keep one row each, and 1 prompt of 40 is 7 wide, not a 1 x 40 strip), evened out
+    so a group's last row is not nearly empty. Aligned groups share these columns (a band of rows per
+    ``columns`` images of each)."""
+    widest = max(sizes, default=1) or 1
+    cols = min(widest, math.ceil(math.sqrt(sum(sizes))))
+    return max(1, math.ceil(widest / math.ceil(widest / cols)))
+
+
+def _font(size: int) -> Any:
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _fit_lines(text: str, font: Any, width: int, max_lines: int) -> list[str]:
+    """``text`` wrapped at words into at most ``max_lines`` lines of at most ``width`` pixels; what does not fit
+    is cut, ending in ``...``."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    lines = [_cut(ln, font, width) for ln in lines] or [""]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines - 1] + [_cut(lines[max_lines - 1], font, width, more=True)]
+    return lines
+
+
+def _cut(line: str, font: Any, width: int, *, more: bool = False) -> str:
+    """``line`` within ``width`` pixels: as it is, or shortened and ending in ``...`` (always, with ``more``)."""
+    if not more and font.getlength(line) <= width:
+        return line
+    while len(line) > 1 and font.getlength(line.rstrip() + "...") > width:
+        line = line[:-1]
+    return line.rstrip() + "..."
+
+
+def grid_image(groups: Sequence[Tensor], *, labels: Sequence[str] | None = None, aligned: bool = False,
+               min_cell: int = 32, columns: int | None = None) -> Any:
+    """The grid of ``groups`` of images ``(N_g, C, H, W)`` in ``[-1, 1]`` as a PIL image (module docstring):
+    cells upscaled (nearest) to at least ``min_cell`` pixels, ``labels`` (one per group) in a column on the
+    left, ``columns`` default :func:`grid_columns`. One channel is greyscale, 3 (or the first 3 of 4) RGB."""
+    from PIL import Image, ImageDraw
+
+    groups = [g.detach().float().cpu().clamp(-1, 1) for g in groups]
+    if not groups or any(g.ndim != 4 for g in groups) or len({tuple(g.shape[1:]) for g in groups}) != 1:
+        raise ValueError(f"a grid needs groups of (N, C, H, W) images of one shape, got "
+                         f"{[tuple(g.shape) for g in groups]}")
+    if labels is not None and len(labels) != len(groups):
+        raise ValueError(f"{len(labels)} labels for {len(groups)} groups of images")
+    if aligned and len({len(g) for g in groups}) != 1:
+        raise ValueError(f"aligned rows need groups of one size, got {[len(g) for g in groups]}")
+    sizes = [len(g) for g in groups]
+    cols = columns or grid_columns(sizes)
+    c, h, w = groups[0].shape[1:]
+    k = max(1, math.ceil(min_cell / max(h, w)))
+    ch, cw = h * k + GRID_PAD, w * k + GRID_PAD
+    # rows: (group index, first image, band) in drawing order
+    if aligned:
+        rows = [(gi, b * cols, b) for b in range(math.ceil(sizes[0] / cols)) for gi in range(len(groups))]
+    else:
+        rows = [(gi, r * cols, gi) for gi, size in enumerate(sizes) for r in range(max(1, math.ceil(size / cols)))]
+    font = _font(LABEL_SIZE)
+    label_w = 0
+    if labels:
+        label_w = min(LABEL_WIDTH, max(math.ceil(font.getlength(t)) for t in labels) + 2 * GRID_PAD + 4)
+    bands = rows[-1][2] + 1 if rows else 1
+    height = GRID_PAD + len(rows) * ch + (bands - 1) * BAND_GAP
+    canvas = Image.new("RGB", (label_w + GRID_PAD + cols * cw, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    y, last_band, first_row = GRID_PAD, 0, {}
+    for gi, start, band in rows:
+        if band != last_band:
+            y, last_band = y + BAND_GAP, band
+        first_row.setdefault((gi, band), y)
+        for j, im in enumerate(groups[gi][start:start + cols]):
+            cell = ((im[:3] if c in (3, 4) else im[:1].expand(3, -1, -1)) + 1) * 127.5
+            arr = cell.round().clamp(0, 255).to(torch.uint8).repeat_interleave(k, 1).repeat_interleave(k, 2)
+            canvas.paste(Image.fromarray(arr.permute(1, 2, 0).numpy()), (label_w + GRID_PAD + j * cw, y))
+        y += ch
+    if labels:
+        line_h = LABEL_SIZE + 2
+        for (gi, band), top in first_row.items():
+            span = sum(ch for g, _, b in rows if g == gi and b == band) - GRID_PAD
+            lines = _fit_lines(labels[gi], font, label_w - 2 * GRID_PAD - 4, max(1, span // line_h))
+            ty = top + max(0, (min(span, ch - GRID_PAD) - len(lines) * line_h) // 2)
+            for i, line in enumerate(lines):
+                draw.text((GRID_PAD + 2, ty + i * line_h), line, fill="black", font=font)
+    return canvas
+
+
+def save_grid(groups: Sequence[Tensor], path: str | os.PathLike[str], *, labels: Sequence[str] | None = None,
+              aligned: bool = False, min_cell: int = 32, columns: int | None = None) -> None:
+    """:func:`grid_image` written atomically as a PNG."""
+    from ..io import write_atomic
+
+    img = grid_image(groups, labels=labels, aligned=aligned, min_cell=min_cell, columns=columns)
+    write_atomic(path, lambda p: img.save(p, format="PNG"))

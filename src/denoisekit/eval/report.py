@@ -10,6 +10,8 @@ it adds the class accuracy of labelled samples and their class coverage. This is
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .features import FEATURE_NETWORKS, FeatureClassifier, as_images, extract_features
+from .._utils import check_choice
+from .features import FEATURE_NETWORKS, FeatureClassifier, as_images, extract_features, shapes_feature_network
 from .fid import feature_metrics
 from .inception import load_fid_inception
+from .reference import Reference, load_reference
+from .selfsup import SelfSupConfig, selfsup_feature_network
 
 #: A class counts as covered when the classifier assigns it at least this share of a uniform count N / C.
 COVERAGE_SHARE = 0.2
@@ -38,39 +43,70 @@ def load_npz_images(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | N
         return f["images"], (f["labels"] if "labels" in f.files else None)
 
 
-def builtin_reference(name: str, size: int | None = None) -> tuple[Tensor, Tensor]:
-    """Images ``(N, C, H, W)`` in [-1, 1] and labels of a built-in dataset, at ``size`` if given (the generated
-    images' size, so both sets pass the same resizing)."""
-    if name != "digits":
-        raise ValueError(f"unknown reference dataset {name!r}; allowed: digits, or a path to an .npz file")
-    from ..data.digits import DigitsDataset
-
-    ds = DigitsDataset(size=size or 8, split="all")
-    return ds.images, ds.labels
+#: What ``features=`` may be besides a module: automatic, Inception, self-supervised or a built-in network.
+BUILTIN_NETWORKS: dict[str, Callable[..., FeatureClassifier]] = {**FEATURE_NETWORKS, "shapes": shapes_feature_network}
+FEATURES = ("auto", "inception", "selfsup", *BUILTIN_NETWORKS)
+#: Metrics that get a real-vs-real floor.
+FLOORED = ("fid", "kid", "precision", "recall", "density", "coverage")
 
 
-def _extractor(features: str | nn.Module, ref: Any, inception: str | os.PathLike | None,
-               cache_dir: str | os.PathLike | None) -> tuple[nn.Module, str]:
+def _choose(features: str, ref: Reference, inception: str | os.PathLike | None) -> str:
+    check_choice("features", features, FEATURES)
+    if features != "auto":
+        return features
+    if inception is not None:
+        return "inception"
+    return ref.dataset if ref.dataset in BUILTIN_NETWORKS else "selfsup"
+
+
+def _extractor(features: str | nn.Module, ref: Reference, fit_images: Tensor, inception: str | os.PathLike | None,
+               cache_dir: str | os.PathLike | None, selfsup: SelfSupConfig) -> tuple[nn.Module, str, dict[str, Any]]:
+    """``(network, description, facts)``; ``fit_images``: what a self-supervised network trains on."""
     if isinstance(features, nn.Module):
-        return features, type(features).__name__
-    if features == "auto":
-        if inception is not None:
-            features = "inception"
-        elif isinstance(ref, str) and ref in FEATURE_NETWORKS:
-            features = ref
-        else:
-            raise ValueError("cannot choose a feature network for this reference; pass features= one of "
-                             f"{', '.join(sorted(FEATURE_NETWORKS))}, "
-                             "or inception=<path to local FID Inception weights>")
-    if features == "inception":
+        return features, type(features).__name__, {"kind": "module"}
+    name = _choose(features, ref, inception)
+    if name == "inception":
         if inception is None:
-            raise ValueError("features='inception' needs inception=<path to local FID Inception-v3 weights>")
-        return load_fid_inception(inception), f"inception-v3 ({inception})"
-    if features not in FEATURE_NETWORKS:
-        raise ValueError(f"unknown feature network {features!r}; allowed: auto, inception, "
-                         f"{', '.join(sorted(FEATURE_NETWORKS))}")
-    net = FEATURE_NETWORKS[features](cache_dir=cache_dir)
-    return net, f"{features} classifier (test accuracy {net.info.get('test_accuracy', float('nan')):.4f})"
+            raise ValueError("features='inception' needs inception=<path to local FID Inception-v3 weights> "
+                             "(--inception)")
+        return load_fid_inception(inception), f"inception-v3 ({inception})", {"kind": "inception",
+                                                                             "weights": str(inception)}
+    if name == "selfsup":
+        net = selfsup_feature_network(fit_images, ref.name, selfsup, cache_dir=cache_dir)
+        i = net.info
+        desc = (f"self-supervised network trained on {ref.name} ({fit_images.shape[0]} images, hash {i['key']}; "
+                f"{i['cache_status']} {i['cache']})")
+        return net, desc, {"kind": "selfsup", "trained_on": ref.name, "n_train": fit_images.shape[0],
+                           "hash": i["key"], "cache": i["cache"], "cache_status": i["cache_status"],
+                           "train_seconds": i.get("train_seconds")}
+    net = BUILTIN_NETWORKS[name](cache_dir=cache_dir)
+    acc = net.info.get("test_accuracy", float("nan"))
+    return net, f"{name} classifier network (built in; test accuracy {acc:.4f})", {"kind": "builtin", "name": name}
+
+
+def _fit_to(x: Tensor, net: nn.Module, what: str, desc: str) -> Tensor:
+    """``x`` with the channels ``net`` reads (grey repeated to RGB, RGB to luma), with a warning naming both;
+    a warning when the network will resize it."""
+    channels = getattr(net, "in_channels", None)
+    if channels is not None and x.shape[1] != channels:
+        warnings.warn(f"{what} have {x.shape[1]} channel(s), the feature network ({desc.split(' (')[0]}) reads "
+                      f"{channels}: converted", stacklevel=3)
+        x = x.repeat(1, 3, 1, 1) if channels == 3 else (x * LUMA.view(1, 3, 1, 1)).sum(1, keepdim=True)
+    size = getattr(getattr(net, "config", None), "image_size", None)
+    if size is not None and tuple(x.shape[-2:]) != (size, size):
+        warnings.warn(f"{what} are {x.shape[-2]}x{x.shape[-1]}, the feature network ({desc.split(' (')[0]}) reads "
+                      f"{size}x{size}: resized (bilinear, antialiased)", stacklevel=3)
+    return x
+
+
+#: ITU-R BT.601 luma weights, for RGB images scored by a grey network.
+LUMA = torch.tensor([0.299, 0.587, 0.114])
+
+
+def split_reference(n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Seeded disjoint halves ``(R, H)`` of ``range(n)``: the reference and the held-out set of the floor."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[:n - n // 2].sort().values, perm[n - n // 2:].sort().values
 
 
 def _labels(labels: Any, n: int, num_classes: int) -> Tensor:
@@ -101,45 +137,59 @@ def class_metrics(model: FeatureClassifier, x: Tensor, labels: Any = None, batch
 def evaluate(samples: Any, ref: Any = "digits", *, labels: Any = None, features: str | nn.Module = "auto",
              inception: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None, k: int = 3,
              dc_k: int = 5, kid_subsets: int = 100, kid_subset_size: int = 1000, seed: int = 0,
-             batch_size: int = 256, device: Any = None) -> dict[str, Any]:
-    """Every metric of generated ``samples`` against ``ref``, as a JSON-ready dict.
+             batch_size: int = 256, device: Any = None, ref_limit: int | None = None,
+             selfsup: SelfSupConfig = SelfSupConfig()) -> dict[str, Any]:
+    """Every metric of generated ``samples`` against ``ref``, each with its real-vs-real floor, as a JSON-ready dict.
 
     ``samples``: uint8 ``(N, H, W, C)`` or float ``(N, C, H, W)`` in [-1, 1], or a path to an ``.npz`` with
-    ``images`` (its ``labels`` are used when ``labels`` is None). ``ref``: a built-in dataset name
-    (``"digits"``, taken at the samples' size), a path to an ``.npz``, or images. ``features``: ``"auto"``
-    (Inception when ``inception`` is given, else the reference dataset's own network), ``"inception"``,
-    a built-in name, or any module with ``features(x) -> (B, D)``.
+    ``images`` (its ``labels`` are used when ``labels`` is None). ``ref``: a dataset spec (a built-in name,
+    a folder, an ``.npz``, a run config ``.yaml``; see :mod:`denoisekit.eval.reference`; built-in and folder
+    sets are read at the samples' size) or images. ``features``: ``"auto"`` (Inception when ``inception`` is
+    given, else the reference dataset's built-in network, else ``"selfsup"``), ``"inception"``,
+    ``"selfsup"`` (trained on the reference, cached by its hash), a built-in name (``digits``, ``shapes``), or
+    any module with ``features(x) -> (B, D)``.
 
     Keys: ``fid`` (Frechet distance in the chosen feature space), ``kid``, ``kid_std``, ``precision``,
-    ``recall`` (k-NN, ``k``), ``density``, ``coverage`` (``dc_k``), ``n_samples``, ``n_ref``,
-    ``feature_network``; with a single-head classifier also ``class_counts``, ``class_coverage``,
+    ``recall`` (k-NN, ``k``), ``density``, ``coverage`` (``dc_k``), ``floor`` (the same metrics between two
+    halves of the reference, see the module docstring), ``n_samples``, ``n_ref``, ``n_compared`` (images per
+    side of both comparisons), ``ref``, ``feature_network`` (what it is, in words) and
+    ``feature_network_info``; with a single-head classifier also ``class_counts``, ``class_coverage``,
     ``ref_class_coverage``, ``classifier_accuracy`` (samples with labels >= 0) and ``ref_classifier_accuracy``.
     """
     if isinstance(samples, (str, os.PathLike)):
         samples, file_labels = load_npz_images(samples)
         labels = file_labels if labels is None else labels
     x = as_images(samples, "samples")
-    ref_labels = None
-    if isinstance(ref, (str, os.PathLike)) and (str(ref).endswith(".npz") or Path(ref).is_file()):
-        ref_images, ref_labels = load_npz_images(ref)
-        r = as_images(ref_images, "reference images")
-    elif isinstance(ref, str):
-        r, ref_labels = builtin_reference(ref, x.shape[-1] if x.shape[-1] == x.shape[-2] else None)
+    if isinstance(ref, (str, os.PathLike)):
+        reference = load_reference(ref, size=x.shape[-1] if x.shape[-1] == x.shape[-2] else None,
+                                   channels=x.shape[1], limit=ref_limit)
     else:
-        r = as_images(ref, "reference images")
-    net, desc = _extractor(features, ref, inception, cache_dir)
+        reference = Reference(as_images(ref, "reference images"), None, "images", "the given images")
+    r = reference.images
+    if r.shape[0] < 2 * (max(k, dc_k) + 1):
+        raise ValueError(f"reference {reference.name}: {r.shape[0]} images; need at least {2 * (max(k, dc_k) + 1)} "
+                         "(half of them are held out for the real-vs-real floor)")
+    keep, held = split_reference(r.shape[0], seed)
+    net, desc, facts = _extractor(features, reference, r[keep], inception, cache_dir, selfsup)
     if device is not None:
         net = net.to(device)
+    x, r = _fit_to(x, net, "samples", desc), _fit_to(r, net, f"reference images ({reference.name})", desc)
+    m = min(x.shape[0], held.shape[0])
+    if m < max(k, dc_k) + 1:
+        raise ValueError(f"need at least {max(k, dc_k) + 1} samples for precision/recall (k={k}) and density/coverage "
+                         f"(k={dc_k}), got {x.shape[0]}")
     fx = extract_features(net, x, batch_size, device)
     fr = extract_features(net, r, batch_size, device)
-    out: dict[str, Any] = feature_metrics(fr, fx, k=k, dc_k=dc_k, kid_subsets=kid_subsets,
-                                          kid_subset_size=kid_subset_size, seed=seed)
-    out["fid"] = out.pop("fd")
-    out.update(n_samples=x.shape[0], n_ref=r.shape[0], feature_network=desc)
+    kw = dict(k=k, dc_k=dc_k, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed)
+    out: dict[str, Any] = feature_metrics(fr[keep], fx[:m], **kw)
+    floor = feature_metrics(fr[keep], fr[held[:m]], **kw)
+    out["fid"], floor["fid"] = out.pop("fd"), floor.pop("fd")
+    out.update(floor=floor, n_samples=x.shape[0], n_ref=r.shape[0], n_compared=m, n_ref_kept=int(keep.shape[0]),
+               ref=reference.name, feature_network=desc, feature_network_info=facts)
     if isinstance(net, FeatureClassifier) and not net.multi_head:
         dev = next(net.parameters()).device
         out.update(class_metrics(net, x.to(dev), labels, batch_size))
-        ref_cls = class_metrics(net, r.to(dev), ref_labels, batch_size)
+        ref_cls = class_metrics(net, r.to(dev), reference.labels, batch_size)
         out["ref_class_coverage"] = ref_cls["class_coverage"]
         if "classifier_accuracy" in ref_cls:
             out["ref_classifier_accuracy"] = ref_cls["classifier_accuracy"]
@@ -147,13 +197,24 @@ def evaluate(samples: Any, ref: Any = "digits", *, labels: Any = None, features:
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
-    """A short human-readable block of :func:`evaluate`'s result, one metric per line."""
+    """A short human-readable block of :func:`evaluate`'s result: one metric per line, its floor beside it."""
+    floor = metrics.get("floor", {})
+    m = metrics.get("n_compared")
+
+    def row(label: str, key: str, fmt: str) -> str:
+        f = f"{floor[key]:{fmt}}" if key in floor else "-"
+        return f"{label:<11}{metrics[key]:>10{fmt}}   {f:>10}"
+
     lines = [f"feature network: {metrics.get('feature_network', '?')}",
-             f"samples: {metrics.get('n_samples')}, reference: {metrics.get('n_ref')}",
-             f"FID        {metrics['fid']:.4f}",
-             f"KID        {metrics['kid']:.5f} +- {metrics['kid_std']:.5f}",
-             f"precision  {metrics['precision']:.4f}   recall   {metrics['recall']:.4f}",
-             f"density    {metrics['density']:.4f}   coverage {metrics['coverage']:.4f}"]
+             f"samples: {metrics.get('n_samples')}, reference: {metrics.get('n_ref')} "
+             f"({metrics.get('ref', '?')}); each comparison: {m} images against {metrics.get('n_ref_kept')} "
+             "reference images",
+             f"{'metric':<11}{'samples':>10}   {'real-real':>10}",
+             row("FID", "fid", ".4f"),
+             row("KID", "kid", ".5f") + f"   (+- {metrics['kid_std']:.5f})",
+             row("precision", "precision", ".4f"), row("recall", "recall", ".4f"),
+             row("density", "density", ".4f"), row("coverage", "coverage", ".4f"),
+             "real-real: the same metric between two disjoint halves of the reference (the best a model can expect)"]
     if "classifier_accuracy" in metrics:
         lines.append(f"classifier accuracy {metrics['classifier_accuracy']:.4f}")
     if "class_coverage" in metrics:

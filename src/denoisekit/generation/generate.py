@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from .._utils import GeneratorLike, seeded_generators
 from ..condition import check_condition, index_condition
@@ -132,7 +133,7 @@ def generate(model: LoadedModel, n: int, cond: Any = None, *, sampler: str | Non
              seed: int | None = None, generators: GeneratorLike = None, batch_size: int = 256,
              callback: Callable[[dict[str, Any]], None] | None = None, x_init: Tensor | None = None,
              sigma_start: float | None = None, decode: bool = True, device: Any = None,
-             dtype: torch.dtype = torch.float32) -> Tensor:
+             dtype: torch.dtype = torch.float32, progress: bool = False) -> Tensor:
     """``n`` samples ``(n, C, H, W)`` of ``model`` (module docstring); images for a latent model unless
     ``decode=False``. Not clamped: pixel models may overshoot ``[-1, 1]`` slightly.
 
@@ -148,7 +149,8 @@ def generate(model: LoadedModel, n: int, cond: Any = None, *, sampler: str | Non
     - ``batch_size`` samples per sampler call; ``callback`` gets each step's payload plus ``"batch"``
       (the index of the batch's first sample) and ``"n"``;
     - ``x_init`` ``(n, *image_shape)``: the VE-frame start at ``sigma_start`` (default: the grid's first level)
-      instead of prior noise; the grid is truncated there (:func:`truncate_sigmas`).
+      instead of prior noise; the grid is truncated there (:func:`truncate_sigmas`);
+    - ``progress``: a bar over the images (on stderr) when they take more than one batch.
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
@@ -178,6 +180,7 @@ def generate(model: LoadedModel, n: int, cond: Any = None, *, sampler: str | Non
     device = torch.device(device) if device is not None else model.device
     den = guided_denoiser(model, guidance)
     chunks = []
+    bar = tqdm(total=n, unit="img", desc="sampling", dynamic_ncols=True, disable=not progress or n <= batch_size)
     for i in range(0, n, batch_size):
         j = min(n, i + batch_size)
         part = None if cond is None else _on(index_condition(cond, torch.arange(i, j)), device)
@@ -186,4 +189,6 @@ def generate(model: LoadedModel, n: int, cond: Any = None, *, sampler: str | Non
                    generator=gens if isinstance(gens, torch.Generator) else gens[i:j], callback=step,
                    device=device, dtype=dtype, x_init=None if x_init is None else x_init[i:j], **options)
         chunks.append(decode_latents(model.decoder, x) if decode and model.decoder is not None else x)
+        bar.update(j - i)
+    bar.close()
     return torch.cat(chunks)

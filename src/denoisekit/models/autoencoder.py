@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._utils import GeneratorLike, randn_like
-from .layers import check_divisible
+from .layers import SampleDropout, check_divisible
 from .unet import AttentionBlock, Upsample
 from .vae import gaussian_kl
 
@@ -129,7 +129,7 @@ class ResnetBlock(nn.Module):
         self.norm1 = nn.GroupNorm(math.gcd(groups, c_in), c_in)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.norm2 = nn.GroupNorm(math.gcd(groups, c_out), c_out)
-        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.dropout = SampleDropout(dropout) if dropout else nn.Identity()
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 

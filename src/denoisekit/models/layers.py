@@ -40,10 +40,31 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..condition import NETWORK_KEYS
+from ..engine.stream import sample_generators
 
 #: Range of the log-spaced frequencies applied to ``time_scale * time`` (as in ``models/mlp.py``).
 FREQ_RANGE = (1e-3, 1e3)
 COND_KEYS = NETWORK_KEYS
+
+
+# ----------------------------------------------------------------------------------------------
+# Dropout
+
+
+class SampleDropout(nn.Dropout):
+    """Dropout (Srivastava et al. 2014) whose mask for sample ``i`` comes from that sample's generator while
+    the training engine runs a step, so a step's masks depend only on (seed, step, sample index): gradient
+    accumulation and the number of processes change nothing. Elsewhere (or for a batch that is not the
+    step's samples) it is ``nn.Dropout``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        gens = sample_generators()
+        if gens is None or len(gens) != x.shape[0]:
+            return super().forward(x)
+        keep = torch.stack([torch.rand(x.shape[1:], generator=g) for g in gens]).to(x.device) >= self.p
+        return x * keep.to(x.dtype) / (1.0 - self.p)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import Attention, TimestepEmbedding, as_time, check_divisible, parse_conditioning
+from .layers import Attention, SampleDropout, TimestepEmbedding, as_time, check_divisible, parse_conditioning
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ class ResBlock(nn.Module):
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * c_out)
         self.groups = math.gcd(groups, c_out)  # the second norm has no affine: the embedding's scale/shift is it
-        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.dropout = SampleDropout(dropout) if dropout else nn.Identity()
         self.conv2 = _zero(nn.Conv2d(c_out, c_out, 3, padding=1))
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 

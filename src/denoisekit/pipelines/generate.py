@@ -1,12 +1,13 @@
 """Class-, text- and unconditional generation from a loaded model with a user's inputs.
 
-``labels`` (one class for every image, or ``"all"``: one grid row per class), ``prompts`` (one row per
-prompt; default the run's ``sample.prompts``) and a ``negative_prompt`` (Ho & Salimans 2022's
-unconditional branch replaced by a prompt to steer away from) become the per-image condition and the
-:class:`~denoisekit.generation.Guidance` of :func:`~denoisekit.generation.generate`::
+``labels`` (one class for every image, or ``"all"``: image ``i`` has class ``i mod K``, one grid row per
+class), ``prompts`` (one row per prompt; default the run's ``sample.prompts``) and a ``negative_prompt``
+(Ho & Salimans 2022's unconditional branch replaced by a prompt to steer away from) become the per-image
+condition and the :class:`~denoisekit.generation.Guidance` of :func:`~denoisekit.generation.generate`::
 
     model = load_model("runs/digits")
-    out = generate_images(model, 100, labels="all", cfg_scale=2)   # out.images (100, 1, 8, 8), 10 per row
+    out = generate_images(model, 100, labels="all", cfg_scale=2)   # out.images (100, 1, 8, 8), labels i % 10
+    save_image_grid(out.grid(), "grid.png", out.per_row)            # one row per class
 """
 
 from __future__ import annotations
@@ -29,20 +30,31 @@ Labels = int | str | Sequence[int] | Tensor | None
 @dataclass(frozen=True)
 class Generated:
     """Images ``(N, C, H, W)`` (decoded, not clamped), their ``labels`` ``(N,)`` or ``prompts`` (N) if any, and
-    ``per_row``: images per grid row (one row per class or prompt)."""
+    ``per_row``: images per grid row (one row per class or prompt); ``by_class``: labels cycle over the
+    classes (``"all"``), so :meth:`grid` gathers each class into its row."""
 
     images: Tensor
     labels: Tensor | None
     prompts: list[str] | None
     per_row: int
+    by_class: bool = False
+
+    def grid(self) -> Tensor:
+        """The images in grid order, ``per_row`` per row: as generated, or with ``by_class`` row ``c`` holding
+        class ``c``'s images in order, a row one short filled with a blank (white) cell."""
+        if not self.by_class or self.labels is None:
+            return self.images
+        blank = torch.ones_like(self.images[:1])
+        rows = [self.images[self.labels == c] for c in range(int(self.labels.max()) + 1)]
+        return torch.cat([torch.cat([r, blank.expand(self.per_row - len(r), *r.shape[1:])]) for r in rows])
 
 
 def class_labels(labels: Labels, n: int, num_classes: int) -> tuple[Tensor, int]:
-    """Per-image labels and images per row: ``"all"``/None spreads ``n`` over the classes (``n // K`` each,
-    one row per class), an int labels every image, a sequence is taken as it is. Labels out of range raise."""
+    """Per-image labels and images per row: ``"all"``/None gives image ``i`` class ``i mod K`` (so image ``i``
+    does not depend on ``n``; ``ceil(n / K)`` per row, one row per class in :meth:`Generated.grid`), an int
+    labels every image, a sequence is taken as it is. Labels out of range raise."""
     if labels is None or (isinstance(labels, str) and labels == "all"):
-        per_class = max(1, n // num_classes)
-        return torch.arange(num_classes).repeat_interleave(per_class), per_class
+        return torch.arange(n) % num_classes, -(-n // num_classes)
     if isinstance(labels, str):
         raise ValueError(f"labels must be an integer in 0..{num_classes - 1} or 'all', got {labels!r}")
     out = torch.as_tensor([labels] if isinstance(labels, int) else labels).long().reshape(-1)
@@ -55,10 +67,10 @@ def class_labels(labels: Labels, n: int, num_classes: int) -> tuple[Tensor, int]
 
 def user_condition(model: LoadedModel, n: int, *, labels: Labels = None, prompts: Sequence[str] | None = None,
                    num_labels: int | None = None) -> tuple[Any, int]:
-    """The per-image condition of about ``n`` images and the images per grid row, from a user's labels or
-    prompts (see :func:`class_labels`; ``n // len(prompts)`` per prompt; a model conditioned on both gets
-    the labels spread over the prompts' rows). ``num_labels``: the classes labels range over when the model
-    itself has none (classifier guidance of an unconditional model)."""
+    """The per-image condition of ``n`` images and the images per grid row, from a user's labels or prompts
+    (see :func:`class_labels`; with prompts ``n // len(prompts)`` per prompt, so at most ``n``; a model
+    conditioned on both gets the labels spread over the prompts' rows). ``num_labels``: the classes labels
+    range over when the model itself has none (classifier guidance of an unconditional model)."""
     text = "text" in condition_keys(model.condition)
     classes = model.num_classes if num_labels is None else num_labels
     if not text:
@@ -87,9 +99,12 @@ def generate_images(model: LoadedModel, n: int, *, labels: Labels = None, prompt
                     negative_prompt: str | None = None, cfg_scale: float | None = None, cfg_rescale: float = 0.0,
                     cfg_interval: tuple[float, float] | None = None, classifier: Classifier | None = None,
                     classifier_scale: float = 1.0, num_labels: int | None = None, **options: Any) -> Generated:
-    """About ``n`` images of ``model`` for the user's inputs (module docstring); ``cfg_*``: classifier-free
-    guidance (default the run's scale), ``classifier``: classifier guidance toward the labels. ``options``
-    go to :func:`~denoisekit.generation.generate` (sampler, nfe, schedule, solver, seed, batch_size, ...)."""
+    """``n`` images of ``model`` for the user's inputs (with prompts: ``n // len(prompts)`` per prompt; module
+    docstring); ``cfg_*``: classifier-free guidance (default the run's scale, >= 0), ``classifier``:
+    classifier guidance toward the labels. ``options`` go to :func:`~denoisekit.generation.generate`
+    (sampler, nfe, schedule, solver, seed, batch_size, ...)."""
+    if cfg_scale is not None and not cfg_scale >= 0:
+        raise ValueError(f"the guidance scale must be >= 0 (1 = no guidance), got {cfg_scale!r}")
     cond, per_row = user_condition(model, n, labels=labels, prompts=prompts, num_labels=num_labels)
     if (cfg_scale not in (None, 1) or cfg_rescale != 0 or cfg_interval is not None) and not model.guided:
         raise ValueError(f"classifier-free guidance needs a class- or text-conditional model (condition.kind: "
@@ -103,4 +118,5 @@ def generate_images(model: LoadedModel, n: int, *, labels: Labels = None, prompt
     count = n if cond is None else len(cond["text"] if isinstance(cond, dict) else cond)
     images = generate(model, count, cond, guidance=guidance, **options)
     labels_out = cond.get("labels") if isinstance(cond, dict) else cond
-    return Generated(images, labels_out, list(cond["text"]) if isinstance(cond, dict) else None, per_row)
+    by_class = isinstance(cond, Tensor) and (labels is None or (isinstance(labels, str) and labels == "all"))
+    return Generated(images, labels_out, list(cond["text"]) if isinstance(cond, dict) else None, per_row, by_class)

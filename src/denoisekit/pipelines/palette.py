@@ -50,17 +50,18 @@ def restore(model: Model, conditioner: ImageConditioner, source: Source, *, samp
     (Saharia et al. 2022, Sec. 2). ``aug`` is the super-resolution input's noise level (default
     ``aug_sample``); ``keep_known`` pastes the known pixels back into an inpainting result. The
     generator (or per-sample list; default seeds ``0..B-1``) draws the augmentation noise first, then the
-    sampler's noise. ``sampler``, ``nfe``, ``schedule``: default the run's (a bare denoiser: DPM-Solver++(2M),
+    sampler's noise. Sampling runs on the model's device; the result comes back on the source's.
+    ``sampler``, ``nfe``, ``schedule``: default the run's (a bare denoiser: DPM-Solver++(2M),
     20 NFE, the default schedule), or a learned ``solver``; ``batch_size`` samples per call (default all);
     ``options`` go to the sampler.
     """
     m = as_model(model, conditioner.image_shape)
     n = len(source[0] if isinstance(source, tuple) else source)
     gens = _generators(generator, n)
-    cond = conditioner.from_source(source, gens, aug)
+    cond = conditioner.from_source(source, gens, aug)  # on the source's device; generate() moves it to the model's
     x = generate(m, n, cond, sampler=sampler, nfe=nfe, schedule=schedule, sigmas=sigmas, solver=solver,
                  sampler_options=options, guidance=Guidance(), generators=gens, batch_size=batch_size or n,
-                 device=cond["concat"].device, dtype=dtype).clamp(-1, 1)
+                 device=m.device, dtype=dtype).clamp(-1, 1).to(cond["concat"].device)
     if conditioner.task == "inpaint" and keep_known:
         image, mask = conditioner.check_source(source)
         x = mask.to(x) * x + (1 - mask.to(x)) * image.to(x)

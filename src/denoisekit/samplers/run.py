@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import inspect
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from .._utils import GeneratorLike, lookup, randn
+from ..options import coerce, option_schema
 from ..prediction import Denoiser
 from . import SAMPLERS, get_sampler
 from ._common import Callback
@@ -17,11 +21,16 @@ from ..schedules import check_sigmas, get_sigmas
 #: The defaults of :func:`sample`, and of every caller that has none of its own (a run's ``sample`` config
 #: section, :func:`denoisekit.generation.generate`, the benchmarks): one choice, stated once.
 DEFAULT_SAMPLER, DEFAULT_NFE, DEFAULT_SCHEDULE = "dpmpp_2m", 10, "log_snr"
+#: Arguments of the sampler contract, not options.
+CONTRACT = ("denoiser", "x", "sigmas", "cond", "generator", "callback")
+#: Options that scale added noise or churn, or bound where it is added: a negative value has no meaning.
+NON_NEGATIVE = ("eta", "s_noise", "s_churn", "s_tmin", "s_tmax", "snr", "corrector_steps")
+#: Tolerances and orders: must be > 0.
+POSITIVE = ("rtol", "atol", "order")
 
 
-def nfe_of(sampler: str, steps: int, **options: Any) -> int:
-    """Denoiser evaluations ``sampler`` makes on a ``steps``-step grid ending at 0: counted on a
-    dummy denoiser, not assumed (Heun takes ``2 steps - 1``, its last step to 0 being Euler)."""
+def _run_dummy(sampler: str, steps: int, options: Mapping[str, Any]) -> int:
+    """Run ``sampler`` with ``options`` on a dummy denoiser over a ``steps``-step grid; its evaluations."""
     calls = [0]
 
     def dummy(y: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
@@ -31,6 +40,63 @@ def nfe_of(sampler: str, steps: int, **options: Any) -> int:
     grid = torch.logspace(1, -2, steps, dtype=torch.float64)  # the count does not depend on the levels
     get_sampler(sampler, **options)(dummy, torch.ones(1, 1, dtype=torch.float64), torch.cat([grid, grid.new_zeros(1)]))
     return calls[0]
+
+
+def _declared(fn: Any) -> dict[str, tuple[Any, Any]]:
+    """``{option: (type, default)}`` of a sampler function's own keyword parameters beyond the contract."""
+    types_, _, _ = option_schema(fn)
+    params = inspect.signature(fn).parameters
+    return {k: (tp, params[k].default) for k, tp in types_.items()
+            if k not in CONTRACT and params[k].default is not inspect.Parameter.empty}
+
+
+@functools.lru_cache(maxsize=None)
+def sampler_options(sampler: str) -> Mapping[str, Any]:
+    """The options ``sampler`` takes, ``{name: type}``: its function's keyword parameters beyond the contract
+    and, for a function that passes ``**kwargs`` on (``euler`` to DDIM), the other samplers' options it
+    accepts, found by trying each on a dummy denoiser (``euler`` fixes DDIM's ``eta``, so takes only
+    ``s_noise``)."""
+    fn, _ = lookup("sampler", SAMPLERS, sampler)
+    own = _declared(fn)
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values()):
+        return MappingProxyType({k: tp for k, (tp, _) in own.items()})
+    others = {k: v for f, _ in SAMPLERS.values() for k, v in _declared(f).items() if k not in own}
+    passed_on = {}
+    for key, (tp, default) in others.items():
+        try:
+            _run_dummy(sampler, 1, {key: default})
+        except TypeError:  # an unexpected keyword, or one the wrapper sets itself
+            continue
+        passed_on[key] = tp
+    return MappingProxyType({**{k: tp for k, (tp, _) in own.items()}, **passed_on})
+
+
+def check_sampler_options(sampler: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` checked against what ``sampler`` takes (:func:`sampler_options`) and coerced to the
+    declared types; a ``ValueError`` naming the sampler and the key, with the allowed keys, the expected
+    type or the allowed range."""
+    allowed = sampler_options(sampler)
+    out = {}
+    for key, value in options.items():
+        if key not in allowed:
+            keys = f"allowed: {', '.join(sorted(allowed))}" if allowed else "it takes none"
+            raise ValueError(f"sampler {sampler!r} has no option {key!r}; {keys}")
+        where = f"sampler {sampler!r} option {key}"
+        value = coerce(value, allowed[key], where)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if key in NON_NEGATIVE and not value >= 0:
+                raise ValueError(f"{where} must be >= 0, got {value!r}")
+            if key in POSITIVE and not value > 0:
+                raise ValueError(f"{where} must be > 0, got {value!r}")
+        out[key] = value
+    return out
+
+
+def nfe_of(sampler: str, steps: int, **options: Any) -> int:
+    """Denoiser evaluations ``sampler`` makes on a ``steps``-step grid ending at 0: counted on a
+    dummy denoiser, not assumed (Heun takes ``2 steps - 1``, its last step to 0 being Euler). Bad
+    ``options`` raise :func:`check_sampler_options`' ``ValueError``."""
+    return _run_dummy(sampler, steps, check_sampler_options(sampler, options))
 
 
 def steps_for_nfe(sampler: str, nfe: int, **options: Any) -> int:
@@ -61,6 +127,7 @@ def sample(denoiser: Denoiser, shape: Sequence[int], *, sampler: str = DEFAULT_S
     grid). ``options`` go to the sampler (``eta``, ``s_churn``, ...). Pass a list of ``B`` generators for
     batch-independent samples.
     """
+    options = check_sampler_options(sampler, options)
     fn = get_sampler(sampler, **options)
     process = denoiser.process
     grid = get_sigmas(process, schedule, steps_for_nfe(sampler, nfe, **options)) if sigmas is None else check_sigmas(sigmas)

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from ..models.autoencoder import Autoencoder
 
@@ -55,31 +56,43 @@ def labelled_shapes(options: Mapping[str, Any], n: int) -> tuple[Tensor, Tensor,
     return stack_images(items), torch.cat([h[0] for h in kept], 1), [k for h in kept for k in h[1]]
 
 
-def shapes_feature_network(options: Mapping[str, Any], cache_dir: str | os.PathLike[str] | None = None) -> nn.Module:
-    """The shapes count/kind/colour classifier for images made with these dataset ``options`` (cached)."""
+def shapes_feature_network(options: Mapping[str, Any], cache_dir: str | os.PathLike[str] | None = None, *,
+                           progress: bool = False) -> nn.Module:
+    """The shapes count/kind/colour classifier for images made with these dataset ``options`` (cached; trained
+    the first time, with a progress bar when ``progress``)."""
     from ..eval import ClassifierConfig, cached_classifier
 
     x, y, classes = labelled_shapes(options, SHAPES_FEATURE_IMAGES)
     size = x.shape[-1]
     return cached_classifier(f"shapes{size}-attributes", x, y, classes,
-                             ClassifierConfig(image_size=32 if size >= 32 else 16), cache_dir=cache_dir)
+                             ClassifierConfig(image_size=32 if size >= 32 else 16), cache_dir=cache_dir,
+                             verbose=progress)
 
 
 def rfid_feature_network(dataset: str, options: Mapping[str, Any], *, inception: str | None = None,
-                         cache_dir: str | os.PathLike[str] | None = None) -> tuple[nn.Module | None, str]:
-    """``(network, description)`` for rFID on a dataset (module docstring); ``(None, why)`` when there is none."""
+                         cache_dir: str | os.PathLike[str] | None = None,
+                         progress: bool = False) -> tuple[nn.Module | None, str]:
+    """``(network, description)`` for rFID on a dataset (module docstring); ``(None, why)`` when there is none.
+    ``progress``: say which network is loaded or trained (a bar while a shapes network trains)."""
     from ..eval import FEATURE_NETWORKS, load_fid_inception
 
     if inception:
         return load_fid_inception(inception), f"inception-v3 ({inception})"
+    if progress and (dataset in FEATURE_NETWORKS or dataset == "shapes"):
+        status(f"held-out evaluation: the {dataset} feature network for rFID (trained once, then cached)")
     if dataset in FEATURE_NETWORKS:
         net = FEATURE_NETWORKS[dataset](cache_dir=cache_dir)
         return net, f"{dataset} classifier (test accuracy {net.info.get('test_accuracy', math.nan):.4f})"
     if dataset == "shapes":
-        net = shapes_feature_network(options, cache_dir)
+        net = shapes_feature_network(options, cache_dir, progress=progress)
         return net, (f"shapes count/kind/colour classifier at {net.config.image_size}px (mean test accuracy over "
                      f"{len(net.num_classes)} heads {net.info.get('test_accuracy', math.nan):.4f})")
     return None, f"none: no built-in feature network for dataset {dataset!r}; give a local Inception weights file"
+
+
+def status(line: str) -> None:
+    """A line saying what a long stage is doing, on stdout beside any progress bar."""
+    tqdm.write(line)
 
 
 @torch.no_grad()
@@ -100,9 +113,13 @@ def psnr(x: Tensor, y: Tensor) -> Tensor:
 
 def evaluate_autoencoder(ae: Autoencoder, images: Tensor, *, feature_net: nn.Module | None = None,
                          feature_desc: str = "", reference: Tensor | None = None, mean_image: Tensor | None = None,
-                         batch_size: int = 128) -> dict[str, Any]:
+                         batch_size: int = 128, progress: bool = False) -> dict[str, Any]:
     """Held-out reconstruction quality: mean PSNR (and ``psnr_mean_image``, of the trivial reconstruction
-    by ``mean_image``); with a feature network rFID and rKID, and ``rfid_floor`` (``reference`` vs ``images``)."""
+    by ``mean_image``); with a feature network rFID and rKID, and ``rfid_floor`` (``reference`` vs ``images``).
+    ``progress``: a line before each stage (reconstruction, rFID, its floor)."""
+    n = images.shape[0]
+    if progress:
+        status(f"held-out evaluation: reconstructing {n} images")
     rec = reconstruct(ae, images, batch_size)
     p = psnr(rec, images)
     out: dict[str, Any] = {"n_held_out": images.shape[0], "psnr": float(p.mean()), "psnr_std": float(p.std()),
@@ -114,6 +131,9 @@ def evaluate_autoencoder(ae: Autoencoder, images: Tensor, *, feature_net: nn.Mod
 
         kw: dict[str, Any] = {"features": feature_net, "kid_subset_size": min(1000, images.shape[0]),
                               "batch_size": batch_size}
+        if progress:
+            status(f"held-out evaluation: rFID and rKID of {n} reconstructions"
+                   + (f" and the real-vs-real floor on {reference.shape[0]} other images" if reference is not None else ""))
         r = evaluate(rec, images, **kw)
         out.update(rfid=r["fid"], rkid=r["kid"], feature_network=feature_desc or r["feature_network"])
         if reference is not None:

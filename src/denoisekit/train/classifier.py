@@ -29,6 +29,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from .._utils import check_choice, lookup, randn
 from ..engine import Engine, Recipe
@@ -48,7 +50,7 @@ from ..models.classifier import NoiseClassifier, NoiseClassifierConfig, NoisyCla
 from ..options import apply_overrides, build_entry, read_config_file, section_to_dict, sections_from_dict
 from ..prediction import Clock
 from ..process import get_process
-from .config import DataConfig, OptimConfig, ProcessConfig
+from .config import DataConfig, OptimConfig, ProcessConfig, warmup_warning
 
 FORMAT = "denoisekit.noise_classifier/1"
 WEIGHTS_FILE, META_FILE, CONFIG_FILE = "model.safetensors", "classifier.json", "config.yaml"
@@ -187,6 +189,9 @@ class NoiseClassifierRecipe(Recipe):
             raise ValueError(f"train.eval_sigmas {bad} outside the process's range "
                              f"[{self.process.sigma_min:.4g}, {self.process.sigma_max:.4g}]")
         self.clock = Clock(self.process, config.process.time_input)
+        message = warmup_warning(config.optim.warmup_steps, tc.steps)
+        if message is not None:
+            warnings.warn(message, stacklevel=2)
         self.held_out: tuple[Tensor, Tensor] | None = None
         self.running_loss: float | None = None  # exponential average of the loss (0.95), for ``info``
         self.last_loss: Tensor | None = None
@@ -243,6 +248,8 @@ class NoiseClassifierRecipe(Recipe):
     def finish(self, engine: Engine) -> None:
         assert self.held_out is not None
         tc, (x, y) = self.config.train, self.held_out
+        if engine.progress:
+            tqdm.write(f"held-out accuracy at {len(tc.eval_sigmas)} noise levels on {len(y)} images")
         clf = NoisyClassifier(self.modules["net"], self.process, self.config.process.time_input)
         clf.eval().requires_grad_(False)
         accuracy = accuracy_by_noise(clf, x.to(engine.device), y.to(engine.device), tc.eval_sigmas, tc.seed)
@@ -336,12 +343,17 @@ def load_classifier(path: str | os.PathLike[str], device: Any = "cpu") -> NoisyC
 
 
 def run_train_classifier(config_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-                         overrides: Sequence[str] = (), *, resume: bool = False) -> dict[str, Any]:
+                         overrides: Sequence[str] = (), *, resume: bool = False,
+                         progress: bool = True) -> dict[str, Any]:
     """``denoisekit train-classifier CONFIG --out OUT [--set k=v] [--resume]``: train into the run directory
     ``out_dir`` (which then also holds :func:`save_classifier`'s files), print and return the accuracy by
-    noise level."""
+    noise level; ``progress``: what it is doing and a progress bar before that (``--quiet``: off)."""
     config = load_classifier_config(config_path, overrides)
-    clf, accuracy = train_noise_classifier(config, verbose=True, out=out_dir, resume=resume)
+    tc = config.train
+    if progress:
+        print(f"classifier: {config.model.num_classes} classes of {config.data.name}, {tc.steps} steps of batch "
+              f"{tc.batch_size}, {tc.test_fraction:.0%} of the images held out; reading the data")
+    clf, accuracy = train_noise_classifier(config, verbose=progress, out=out_dir, resume=resume)
     print(f"held-out accuracy by noise level ({clf.info['n_test']} images, {clf.info['train_seconds']:.0f} s):")
     for sigma, acc in accuracy.items():
         print(f"  sigma {sigma:<8g} {acc:.3f}")

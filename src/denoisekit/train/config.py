@@ -29,14 +29,14 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
 from .._utils import check_choice
 from ..conditioning import CONDITIONS, check_run, condition_kind
 from ..io import write_text_atomic
 from ..losses import DiffusionLoss
-from ..options import (Section, apply_overrides as apply_section_overrides, check_sections,
+from ..options import (Section, apply_overrides as apply_section_overrides, check_not_file, check_sections,
                        key_type as section_key_type,
                        read_config_file, section_to_dict, sections_from_dict, to_yaml)
 from ..prediction import PREDICTIONS
@@ -261,6 +261,7 @@ class LatentConfig(Section):
     def _check(self) -> None:
         self._require(self.autoencoder is None or bool(self.autoencoder.strip()), "autoencoder",
                       "a directory written by 'denoisekit train-autoencoder' (or null for pixel space)")
+        check_not_file(self.autoencoder, "latent.autoencoder")
 
 
 @dataclass(frozen=True)
@@ -279,6 +280,7 @@ class InitConfig(Section):
     def _check(self) -> None:
         self._require(self.from_run is None or bool(self.from_run.strip()), "from_run",
                       "a training run directory (or null)")
+        check_not_file(self.from_run, "init.from_run")
         self._require(not self.trainable or self.from_run is not None, "trainable",
                       "empty unless init.from_run is set (a delta is over a base run)")
 
@@ -294,6 +296,7 @@ class TeacherConfig(Section):
 
     def _check(self) -> None:
         self._require(self.run is None or bool(self.run.strip()), "run", "a training run directory (or null)")
+        check_not_file(self.run, "teacher.run")
 
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "process": ProcessConfig,
@@ -331,6 +334,47 @@ class Config:
     def num_classes(self) -> int | None:
         n = self.model.options.get("num_classes")
         return n if isinstance(n, int) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# What the data decide, and traps in a config
+
+
+def data_defaults(config: Config) -> tuple[Config, list[str]]:
+    """``config`` with what a folder's images decide when the config does not (``data.size``: the most common
+    image size, its shorter side), and lines saying so, or saying that the images are resized to a
+    ``data.size`` that differs from theirs."""
+    from ..data.folder import image_sizes
+
+    opts, notes = config.data.options, []
+    root = opts.get("root")
+    if config.data.name != "folder" or not isinstance(root, str) or not os.path.isdir(root):
+        return config, notes  # other datasets have their own sizes; a missing folder is the dataset's error
+    sizes, n = image_sizes(root)
+    if not sizes:
+        return config, notes
+    (w, h), count = sizes.most_common(1)[0]
+    seen = f"{count} of {sum(sizes.values())} images" + ("" if len(sizes) == 1 else f"; {len(sizes)} sizes in all")
+    crop = "" if w == h else ", centre-cropped"
+    if "size" not in opts:
+        config = replace(config, data=replace(config.data, options={**opts, "size": min(w, h)}))
+        notes.append(f"data.size: {min(w, h)} (not set: the folder's most common image size, {w}x{h}, {seen}{crop})")
+    elif opts["size"] is not None and opts["size"] != min(w, h):
+        s = opts["size"]
+        how = "resized" if w == h else "resized and centre-cropped"
+        notes.append(f"{w}x{h} images are {how} to {s}x{s} (data.size); the folder's most common size: {seen}")
+    return config, notes
+
+
+def warmup_warning(warmup_steps: int, steps: int) -> str | None:
+    """Why a learning-rate warm-up of ``warmup_steps`` does not fit a run of ``steps`` (None when it does):
+    the linear warm-up of :func:`~denoisekit.engine.optim.lr_factor` then never reaches ``optim.lr``."""
+    if warmup_steps < steps or steps < 1:
+        return None
+    where = ("reaches optim.lr only at the last step" if warmup_steps == steps else
+             f"never reaches optim.lr (it ends at {steps / warmup_steps:.0%} of it)")
+    return (f"optim.warmup_steps ({warmup_steps}) >= train.steps ({steps}): the learning rate {where}; "
+            f"set optim.warmup_steps to a fraction of the run (e.g. {max(1, steps // 10)})")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from .._utils import check_choice
 from ..conditioning import condition_kind
 from ..generation import LoadedModel
@@ -50,8 +52,9 @@ def run_info(run_dir: str | os.PathLike[str], *, checkpoint: str | os.PathLike[s
 
 def load_run(run_dir: str | os.PathLike[str], *, weights: Literal["ema", "model"] = "ema",
              checkpoint: str | os.PathLike[str] | None = None,
-             check_depends: bool = True) -> tuple[Denoiser, Config]:
-    """The trained denoiser (EMA weights by default, eval mode, on CPU) and config of a run directory.
+             check_depends: bool = True, device: str | torch.device = "cpu") -> tuple[Denoiser, Config]:
+    """The trained denoiser (EMA weights by default, eval mode, on ``device``: default the CPU) and config of a
+    run directory.
     A latent run's denoiser works on latents: decode its samples with ``load_latent_decoder(run_dir)``
     (:mod:`denoisekit.train.latent`).
 
@@ -89,12 +92,13 @@ def load_run(run_dir: str | os.PathLike[str], *, weights: Literal["ema", "model"
         load_delta(net, tensors, str(path))
     else:
         load_weights(net, tensors, str(path))
-    return build_denoiser(config, net).eval().requires_grad_(False), config
+    return build_denoiser(config, net).to(device).eval().requires_grad_(False), config
 
 
 def load_latent_decoder(run_dir: str | os.PathLike[str], *,
-                        checkpoint: str | os.PathLike[str] | None = None) -> Autoencoder | None:
-    """The autoencoder that turns a latent run's samples into images (eval mode, CPU), or None for a
+                        checkpoint: str | os.PathLike[str] | None = None,
+                        device: str | torch.device = "cpu") -> Autoencoder | None:
+    """The autoencoder that turns a latent run's samples into images (eval mode, on ``device``), or None for a
     pixel-space run. Looks for it at the configured path (relative to the working directory), then the
     path resolved at training time and relative to the run directory; refuses one whose weights differ
     from the ones the run was trained with."""
@@ -116,7 +120,7 @@ def load_latent_decoder(run_dir: str | os.PathLike[str], *,
     if record.get("sha256") and weights_sha256(ae) != record["sha256"]:
         raise ValueError(f"the autoencoder at {found} is not the one {run} was trained with (weights sha256 "
                          f"{weights_sha256(ae)[:12]}..., the run recorded {record['sha256'][:12]}...)")
-    return ae
+    return ae.to(device)
 
 
 def run_condition(config: Config, image_shape: tuple[int, ...]) -> Any:
@@ -126,14 +130,16 @@ def run_condition(config: Config, image_shape: tuple[int, ...]) -> Any:
 
 
 def load_model(run_dir: str | os.PathLike[str], *, weights: Literal["ema", "model"] = "ema",
-               checkpoint: str | os.PathLike[str] | None = None) -> LoadedModel:
+               checkpoint: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu") -> LoadedModel:
     """A run directory as a :class:`~denoisekit.generation.LoadedModel` for
     :func:`~denoisekit.generation.generate`: :func:`load_run`'s denoiser, the condition, the decoder of a
     latent run, the shape and class names of :func:`run_info`, ``sample.prompts`` as caption examples, the
-    ``sample`` section as defaults and the SHA-256 of the denoiser's weights. Errors as :func:`load_run`."""
-    denoiser, config = load_run(run_dir, weights=weights, checkpoint=checkpoint)
+    ``sample`` section as defaults and the SHA-256 of the denoiser's weights; denoiser and decoder on ``device``
+    (``generate()`` samples there). Errors as :func:`load_run`."""
+    denoiser, config = load_run(run_dir, weights=weights, checkpoint=checkpoint, device=device)
     info = run_info(run_dir, checkpoint=checkpoint)
     return LoadedModel(denoiser, info["image_shape"], condition=run_condition(config, info["image_shape"]),
-                       decoder=load_latent_decoder(run_dir, checkpoint=checkpoint), classes=tuple(info["classes"]),
+                       decoder=load_latent_decoder(run_dir, checkpoint=checkpoint, device=device),
+                       classes=tuple(info["classes"]),
                        captions=tuple(config.sample.prompts), num_classes=config.num_classes,
                        defaults=config.sample, name=str(run_dir), sha256=weights_sha256(denoiser), config=config)

@@ -31,15 +31,21 @@ last checkpoint as it was.
 from __future__ import annotations
 
 import os
+import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from .._utils import lookup
 from ..prediction import Denoiser
-from .config import Config, apply_overrides, config_from_dict, config_to_dict, load_config
+from .config import (Config, apply_overrides, config_from_dict, config_to_dict, data_defaults, load_config,
+                     warmup_warning)
 from ..engine.loop import Engine
 from .recipes import RECIPES
+from .summary import StepTimer, startup_summary
 
 #: ``metrics(ema_denoiser, step) -> {name: value}``, called with each sample grid (main process only).
 MetricsHook = Callable[[Denoiser, int], Mapping[str, float]]
@@ -50,10 +56,37 @@ class Trainer(Engine):
 
     def __init__(self, config: Config, out_dir: str | os.PathLike[str], *, resume: bool = False,
                  metrics: MetricsHook | None = None, progress: bool = True):
+        config, self.notes = data_defaults(config)  # e.g. data.size from a folder's images
+        message = warmup_warning(config.optim.warmup_steps, config.train.steps)
+        if message is not None:
+            warnings.warn(message, stacklevel=2)
         recipe = lookup("train.recipe", RECIPES, config.train.recipe)(config)  # a registry plugins may extend
         hook = None if metrics is None else (lambda eng: metrics(recipe.ema_denoiser(eng), eng.step))
         super().__init__(recipe, out_dir, resume=resume, progress=progress, metrics=hook)
         self.config = config
+        self.timer: StepTimer | None = None
+
+    def fit(self, stop_at: int | None = None) -> Path:
+        """Print the start-up summary (with progress, main process), then train (see :meth:`Engine.fit`)."""
+        tc = self.config.train
+        if self.progress and self.main and self.step < tc.steps:
+            r = self.recipe
+            lines = startup_summary(self.config, self.dataset, r.image_shape, r.modules, r.trained(), step=self.step,
+                                    device=self.device, notes=self.notes)
+            tqdm.write("\n".join(lines))
+            end = tc.steps if stop_at is None else min(stop_at, tc.steps)
+            every = r.preview_every()
+            self.timer = StepTimer(self.step, end, every if 0 < every < end else 0)
+        return super().fit(stop_at)
+
+    def train_step(self) -> dict[str, float]:
+        start = time.perf_counter()
+        out = super().train_step()
+        if self.timer is not None:
+            line = self.timer.record(self.step, time.perf_counter() - start)
+            if line is not None:
+                tqdm.write(line)
+        return out
 
     # What callers of the diffusion trainer read (benchmarks, tests): views of the recipe's parts.
     @property
