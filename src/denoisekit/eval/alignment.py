@@ -312,3 +312,9 @@ def alignment_report(network: FeatureClassifier | None = None, n: int = 2000, se
     ceiling.pop("per_image"), floor.pop("per_image")
     return {"accuracy": attribute_accuracy(network, n, seed + 1, size), "ceiling": ceiling, "floor": floor,
             "network": dict(network.info), "seconds": time.perf_counter() - t0}
+
+
+def shapes_feature_network(cache_dir: str | os.PathLike | None = None, verbose: bool = False) -> FeatureClassifier:
+    """The shapes attribute network at 32 pixels (:func:`shapes_attribute_network`:
+    count, layout, kind, colour and size heads), trained on first use and cached."""
+    return shapes_attribute_network(32, cache_dir=cache_dir, verbose=verbose)

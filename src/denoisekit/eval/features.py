@@ -203,14 +203,6 @@ def digits_feature_network(cache_dir: str | os.PathLike | None = None, config: C
     return cached_classifier("digits", x, y, 10, config, cache_dir=cache_dir, verbose=verbose)
 
 
-def shapes_feature_network(cache_dir: str | os.PathLike | None = None, verbose: bool = False) -> FeatureClassifier:
-    """The shapes attribute network at 32 pixels (:func:`~denoisekit.eval.alignment.shapes_attribute_network`:
-    count, layout, kind, colour and size heads), trained on first use and cached."""
-    from .alignment import shapes_attribute_network  # at call time: alignment builds on this module
-
-    return shapes_attribute_network(32, cache_dir=cache_dir, verbose=verbose)
-
-
 #: Built-in single-label feature networks by dataset name: ``FEATURE_NETWORKS[name](cache_dir=...)`` (the
-#: shapes network is multi-head and has its own entry point, :func:`shapes_feature_network`).
+#: shapes network is multi-head and has its own entry point, :func:`~denoisekit.eval.alignment.shapes_feature_network`).
 FEATURE_NETWORKS: dict[str, Callable[..., FeatureClassifier]] = {"digits": digits_feature_network}

@@ -20,7 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from .._utils import check_choice
-from .features import FEATURE_NETWORKS, FeatureClassifier, as_images, extract_features, shapes_feature_network
+from .alignment import shapes_feature_network
+from .features import FEATURE_NETWORKS, FeatureClassifier, as_images, extract_features
 from .fid import feature_metrics
 from .inception import load_fid_inception
 from .reference import Reference, load_reference
