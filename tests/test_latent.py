@@ -19,6 +19,7 @@ from PIL import Image
 from denoisekit.cli import main
 from denoisekit.train.config import apply_overrides, config_from_dict
 from denoisekit.data import DigitsDataset
+from denoisekit.eval.plotting import BAND_GAP
 from denoisekit.models.autoencoder import Autoencoder, AutoencoderConfig, compute_latent_scale
 from denoisekit.train.autoencoder import save_autoencoder
 from denoisekit.engine.checkpoint import latest_checkpoint, load_checkpoint
@@ -154,7 +155,9 @@ def test_train_resume_exactly_and_sample_decoded(ae_dir, tmp_path, cache, monkey
     png, npz = tmp_path / "s.png", tmp_path / "s.npz"
     assert main(["sample", str(a), "--n", "20", "--nfe", "3", "--out", str(png)]) == 0
     assert "latents 2x4x4 decoded to 1x8x8" in capsys.readouterr().out
-    assert Image.open(png).size == (2 + 2 * 34, 2 + 10 * 34)  # one row per class
+    # one labelled row per class: a label column, 2 cells of 32 px + pad, a band gap between classes
+    w, h = Image.open(png).size
+    assert w > 2 + 2 * 34 and h == 2 + 10 * 34 + 9 * BAND_GAP
     for sampler in ("dpmpp_2m", "euler_ancestral"):
         assert main(["sample", str(a), "--n", "6", "--nfe", "3", "--sampler", sampler, "--label", "3",
                      "--cfg", "3", "--out", str(npz)]) == 0
