@@ -185,11 +185,11 @@ def main() -> None:
                      "train_ips": b["batch"] / b["seconds_per_step"], "sample_ips": rates[arm], **metrics(torch.as_tensor(x), ref)}
         print(arm, {k: v for k, v in rows[arm].items() if k != "label"}, flush=True)
     from denoisekit.data.transforms import uint8_to_tensor
-    from denoisekit.engine.runlog import save_image_grid
+    from denoisekit.eval.plotting import save_grid
 
     figure = runs / "pixel_vs_latent.png" if args.quick or args.no_write else Path(__file__).with_name("latent.png")
     grid = [torch.stack([uint8_to_tensor(im) for im in samples(arm, runs, args.n, args.nfe)[:16]]) for arm in ARMS]
-    save_image_grid(torch.cat(grid), figure, 16)
+    save_grid(torch.cat(grid), figure, columns=16)
     cfg = arm_config("latent", runs, args.quick)
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"torch {torch.__version__}, {platform.machine()} CPU, "
             f"{args.threads} thread(s)", "n": args.n, "nfe": args.nfe, "minutes": args.minutes,

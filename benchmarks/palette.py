@@ -141,9 +141,10 @@ def cascade_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
                                  generator=gens)  # each run on its own grid (sample.schedule)
         direct = generate(runs["direct 32x32"][0], n, sampler="dpmpp_2m", nfe=args.nfe, guidance=Guidance(),
                           seed=1).clamp(-1, 1)
-    from denoisekit.engine.runlog import save_image_grid
+    from denoisekit.eval.plotting import save_grid
 
-    save_image_grid(torch.cat([top[:16], direct[:16]]), work / "cascade_vs_direct.png", 16)
+    save_grid([top[:16], direct[:16]], work / "cascade_vs_direct.png", labels=["cascade", "direct"], aligned=True,
+              columns=16)
     steps = {k: v[2] for k, v in runs.items()}
     return [{"method": f"cascade 8 -> 16 -> 32 ({steps['base 8x8']} + {steps['SR 8->16']} + {steps['SR 16->32']} "
                        f"steps)", "fid": fid(top, ref), "fid16": fid(mid, held_out(n, 16, 2))},

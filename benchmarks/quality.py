@@ -375,10 +375,10 @@ def dk_summary(cfg: Any) -> str:
 
 
 def save_grid(images: np.ndarray, path: Path) -> None:
-    from denoisekit.engine.runlog import save_image_grid
+    from denoisekit.eval.plotting import save_grid as write_grid
 
     x = torch.from_numpy(images[:100]).permute(0, 3, 1, 2).float() / 127.5 - 1
-    save_image_grid(x, path, 10)
+    write_grid(x, path, columns=10)
 
 
 def parse_run(spec: str) -> tuple[str, float | None]:

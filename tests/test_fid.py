@@ -228,3 +228,13 @@ def test_evaluate_end_to_end_from_npz(digits_halves, cache_dir, tmp_path):
         evaluate(ds.images, ref=str(ref), features="vgg", cache_dir=cache_dir)
     with pytest.raises(ValueError, match="accepted: a built-in dataset"):  # any --ref: tests/test_eval_any_data.py
         evaluate(ds.images, ref="imagenet", cache_dir=cache_dir)
+
+
+def test_kid_spread_is_not_zero_when_the_sets_are_smaller_than_a_subset():
+    # 300 vs 300 points with subsets of 1000: whole-set draws would all be equal (std 0, a false certainty);
+    # half-set subsets give a spread, and the mean stays near the whole-set estimate.
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(300, 6, generator=g, dtype=torch.float64)
+    y = torch.randn(300, 6, generator=g, dtype=torch.float64) + 0.3
+    kid, std = kernel_inception_distance(x, y, n_subsets=50)
+    assert std > 0 and abs(kid - mmd2_polynomial(x, y)) < 3 * std

@@ -16,10 +16,18 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted((ROOT / "docs" / "tutorials").glob("*.md"))
 
 
+#: Commands whose cost is their model evaluations per image: at most QUICK_NFE in the quick form.
+NFE_COMMANDS, QUICK_NFE = ("edit", "inpaint", "restore", "invert", "p2p"), 4
+
+
 def quick(script: str) -> str:
-    """The page's commands at a smoke-test budget: 2 training steps, 10 samples, figures into ./figures."""
+    """The page's commands at a smoke-test budget: 2 training steps, at most 10 samples, 4 model evaluations per image
+    for the editing commands, figures into ./figures."""
     script = re.sub(r"train\.steps=\d+", "train.steps=2", script)
-    script = re.sub(r"--n \d+", "--n 10", script)
+    script = re.sub(r"--n (\d+)", lambda m: f"--n {min(int(m.group(1)), 10)}", script)
+    script = re.sub(r"--nfe \d+", f"--nfe {QUICK_NFE}", script)
+    script = re.sub(rf"^(denoisekit (?:{'|'.join(NFE_COMMANDS)}) (?:(?!--nfe)[^\n])*)$", rf"\1 --nfe {QUICK_NFE}",
+                    script, flags=re.M)
     return script.replace("docs/tutorials/", "figures/")
 
 

@@ -8,6 +8,8 @@ ClassifierFreeGuidance      ``x0(y | null) + s (x0(y | c) - x0(y | null))``: Ho 
                             interval as Kynkaanniemi et al. 2024
 ClassifierGuidance          ``x0(y) + s sigma^2 grad_y log p(c | y, sigma)``: Dhariwal & Nichol
                             2021, Algorithm 2, through Tweedie's formula
+CLIPGuidance                ``x0(y) + s sigma^2 grad_y E(y, sigma, prompt)`` with ``E`` a noise-aware
+                            CLIP's image-text logit: Nichol et al. 2022 (GLIDE), Sec. 2.4
 ==========================  ==================================================================
 
 A condition ``cond`` is ``None``, a ``(B,)`` integer label tensor, or a dict of the keys of
@@ -204,4 +206,50 @@ class ClassifierGuidance(DenoiserWrapper):
         if self.scale == 0:
             return x0
         grad = self.log_prob_grad(y, s, labels)
+        return x0 + self.scale * append_dims(s**2, y.ndim).to(x0) * grad.to(x0)
+
+
+#: ``energy(y, sigma, prompts) -> (B,)`` image-text similarity of VE-frame ``y`` at ``sigma`` (a noise-aware CLIP).
+TextEnergy = Callable[[Tensor, Tensor, list[str]], Tensor]
+
+
+class CLIPGuidance(DenoiserWrapper):
+    """``x0 = x0(y) + s sigma^2 grad_y E(y, sigma, c)``: CLIP guidance (Nichol et al. 2022, "GLIDE", Sec. 2.4) in
+    the VE frame.
+
+    GLIDE shifts the reverse-process mean by ``s Sigma grad_x (f(x_t) . g(c))``, the gradient of a noise-aware
+    CLIP's image-caption similarity; through Tweedie's formula that is this correction of ``x0``, exactly as
+    :class:`ClassifierGuidance` with the similarity in place of ``log p(c | y)``
+    (:class:`~denoisekit.eval.clip.CLIPEnergy` gives the CLIP's logit ``exp(t) cos``, GLIDE's dot product of
+    normalised embeddings times the learned inverse temperature). Prompts come from ``cond["text"]``.
+    ``conditional``: the wrapped denoiser takes the prompts too (a text model, or CFG around one: both guidances
+    add); otherwise they are removed from the ``cond`` it gets (an unconditional model).
+    """
+
+    def __init__(self, denoiser: DenoiserFn, energy: TextEnergy, scale: float, *, conditional: bool = True):
+        super().__init__(denoiser, require_process=False)
+        if not math.isfinite(scale):
+            raise ValueError(f"guidance scale must be finite, got {scale}")
+        self.energy, self.scale, self.conditional = energy, float(scale), conditional
+
+    def energy_grad(self, y: Tensor, sigma: Tensor, prompts: list[str]) -> Tensor:
+        """``grad_y E(y, sigma, prompts)`` per sample, shape of ``y``."""
+        with torch.enable_grad():
+            y_in = y.detach().requires_grad_(True)
+            e = self.energy(y_in, sigma, prompts)
+            if e.shape != (y.shape[0],):
+                raise ValueError(f"energy must return ({y.shape[0]},) similarities, got shape {tuple(e.shape)}")
+            (grad,) = torch.autograd.grad(e.sum(), y_in)
+        return grad
+
+    def forward(self, y: Tensor, sigma: Tensor | float, cond: Any = None) -> Tensor:
+        prompts = cond.get("text") if isinstance(cond, Mapping) else None
+        if prompts is None or len(prompts) != y.shape[0]:
+            raise ValueError(f"CLIP guidance needs cond['text'] with {y.shape[0]} prompts")
+        s = as_batch(sigma, y)
+        inner = cond if self.conditional else ({k: v for k, v in cond.items() if k != "text"} or None)
+        x0 = self.inner(y, sigma, inner)
+        if self.scale == 0:
+            return x0
+        grad = self.energy_grad(y, s, list(prompts))
         return x0 + self.scale * append_dims(s**2, y.ndim).to(x0) * grad.to(x0)

@@ -132,6 +132,22 @@ class GaussianMixture:
         out = (resp[..., None] * self._component_means(z, var)).sum(1)
         return out.reshape(y.shape).to(y.dtype)
 
+    def posterior(self, matrix: Tensor, y: Tensor, sigma_y: float) -> GaussianMixture:
+        """The exact posterior ``p(x0 | y)`` of a linear measurement ``y = M x0 + sigma_y eps`` (``M`` ``(m, D)``,
+        ``y`` ``(m,)``, ``sigma_y > 0``): again a mixture, of the components' Gaussian posteriors
+        ``mu + S M^T G^-1 (y - M mu)``, ``S - S M^T G^-1 M S`` (``G = M S M^T + sigma_y^2 I``) weighted by
+        ``w_k N(y; M mu_k, G_k)`` (Bishop 2006, Sec. 2.3.3)."""
+        m = torch.as_tensor(matrix, dtype=torch.float64)
+        y = torch.as_tensor(y, dtype=torch.float64).flatten()
+        g = m @ self.covs @ m.T + sigma_y**2 * torch.eye(m.shape[0], dtype=torch.float64)  # (K, m, m)
+        gain = self.covs @ m.T @ torch.linalg.inv(g)  # (K, D, m)
+        resid = y[None] - self.means @ m.T  # (K, m)
+        means = self.means + (gain @ resid[..., None])[..., 0]
+        covs = self.covs - gain @ m @ self.covs
+        covs = 0.5 * (covs + covs.transpose(1, 2))
+        logw = torch.log(self.weights) + torch.distributions.MultivariateNormal(torch.zeros_like(resid), g).log_prob(resid)
+        return GaussianMixture(means, covs, torch.softmax(logw, 0))
+
     def component(self, k: int) -> GaussianMixture:
         """The mixture of component ``k`` alone: ``N(mu_k, S_k)``."""
         if not 0 <= k < self.components:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ._utils import check_choice
-from .process import DiscreteDDPM, Process
+from .process import SIGMA_VE_CAP, DiscreteDDPM, Process
 
 Spacing = Literal["leading", "trailing", "linspace"]
 
@@ -127,18 +127,30 @@ def get_sigmas_explicit(values: Sequence[float] | Tensor) -> Tensor:
     return check_sigmas(s)
 
 
-SCHEDULES = ("trailing", "leading", "linspace", "karras", "exponential", "log_snr", "polyexponential")
+SCHEDULES = ("auto", "trailing", "leading", "linspace", "karras", "exponential", "log_snr", "polyexponential")
+
+
+def default_schedule(process: Process) -> str:
+    """The grid ``auto`` names for ``process``: ``log_snr`` (uniform in log-SNR, DPM-Solver's choice) when its
+    noise ends at a finite level (DDPM, VP-linear, VE, EDM); ``trailing`` (uniform in t) when its terminal SNR
+    is zero (rectified flow, VP-cosine, VP-sigmoid, zero-terminal-SNR DDPM). There the log-SNR range runs to
+    the cap :data:`~denoisekit.process.SIGMA_VE_CAP` and a log-SNR grid spends 4 of 10 steps above sigma 40:
+    on the exact Gaussian-mixture oracle DPM-Solver++(2M) at 10 NFE lands 6x (flow) and 3.5x (cosine,
+    sigmoid) closer to the exact ODE solution on the uniform-t grid (``tests/test_schedules.py``)."""
+    return "trailing" if process.sigma_max >= 0.5 * SIGMA_VE_CAP else "log_snr"
 
 
 def get_sigmas(process: Process, name: str, n: int, *, sigma_min: float | None = None,
                sigma_max: float | None = None, rho: float | None = None, offset: int = 0) -> Tensor:
     """Build a named schedule of ``n`` steps for ``process``.
 
-    ``trailing``/``leading``/``linspace`` are uniform in t; ``karras`` (rho=7), ``exponential``,
-    ``log_snr`` and ``polyexponential`` (rho=1) span ``[sigma_min, sigma_max]`` (the process's
-    defaults unless given).
+    ``auto`` is :func:`default_schedule` of the process; ``trailing``/``leading``/``linspace`` are uniform
+    in t; ``karras`` (rho=7), ``exponential``, ``log_snr`` and ``polyexponential`` (rho=1) span
+    ``[sigma_min, sigma_max]`` (the process's defaults unless given).
     """
     check_choice("schedule", name, SCHEDULES)
+    if name == "auto":
+        name = default_schedule(process)
     if name in ("trailing", "leading", "linspace"):
         return get_sigmas_uniform_t(process, n, name, offset)  # type: ignore[arg-type]
     lo = process.sigma_min if sigma_min is None else sigma_min

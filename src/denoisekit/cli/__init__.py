@@ -29,7 +29,7 @@ from ..prediction import PREDICTIONS
 from ..process import PROCESSES
 from ..samplers import SAMPLERS
 from ..schedules import SCHEDULES
-from . import image, tools, toy2d
+from . import clip, edit, image, tools, toy2d
 from .common import PROG, UsageError, Parser, program_threads, reexec_for_openmp, threads
 
 
@@ -55,7 +55,9 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "sample2d": ("sample a 2-D run: scatter plot, optional GIF, metrics",
                  toy2d._add_sample2d, toy2d._run_sample2d),
     **image.COMMANDS,
+    **edit.COMMANDS,
     **tools.COMMANDS,
+    **clip.COMMANDS,
     "list": ("list registered processes, predictions, samplers, schedules, datasets", _add_list, _run_list),
 }
 

@@ -18,7 +18,7 @@ from ..generation.generate import FILE_PREFIX
 from ..options import check_not_file
 from ..samplers import SAMPLERS
 from ..schedules import SCHEDULES
-from .common import THREADS_HELP, UsageError, add_device, key_values, positive_int, resolve_device, threads
+from .common import THREADS_HELP, UsageError, add_device, key_values, positive_int, resolve_device, say, threads
 
 #: ``--weights`` of the commands that load a run.
 WEIGHTS_HELP = "ema: the EMA of the weights (default; what previews show), model: the raw trained weights"
@@ -44,7 +44,7 @@ def _run_train(args: argparse.Namespace) -> int:
     with threads(args.threads or torch.get_num_threads()):
         run = train_from_config(args.config, args.out, overrides=args.set, resume=args.resume,
                                 progress=not args.quiet)
-    print(f"trained in {time.perf_counter() - start:.0f} s; wrote {run} (samples.png, loss.png, log.csv)")
+    say(f"trained in {time.perf_counter() - start:.0f} s; wrote {run} (samples.png, loss.png, log.csv)")
     return 0
 
 
@@ -77,7 +77,8 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("--solver", default=None, metavar="JSON",
                    help="a learned solver from 'denoisekit tune' (sets the sampler, its weights, grid and NFE)")
     p.add_argument("--sampler-arg", action="append", metavar="KEY=VALUE", help="sampler option, e.g. eta=1")
-    p.add_argument("--cfg", type=_guidance_scale, default=None, help="classifier-free guidance scale >= 0 (1 = none)")
+    p.add_argument("--cfg", type=_guidance_scale, default=None, help="classifier-free guidance scale >= 0 (1 = none): x_uncond + s (x_cond - x_uncond), "
+                        "Ho & Salimans' w + 1 (a course's or paper's w = 2 is --cfg 3)")
     p.add_argument("--cfg-rescale", type=float, default=0.0, metavar="PHI",
                    help="guidance rescale phi in [0, 1] (Lin et al. 2023; 0 = plain guidance)")
     p.add_argument("--cfg-interval", type=float, nargs=2, default=None, metavar=("SIGMA_LO", "SIGMA_HI"),
@@ -93,6 +94,8 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classifier", default=None,
                    help="classifier guidance (Dhariwal & Nichol 2021): a directory from 'denoisekit train-classifier'")
     p.add_argument("--classifier-scale", type=float, default=1.0, help="classifier guidance scale")
+    p.add_argument("--clip-guidance", type=float, default=0.0, metavar="S",
+                   help="CLIP guidance scale toward the prompts (GLIDE; the noise-aware CLIP of 'make clip'); 0: none")
     p.add_argument("--source", default=None,
                    help="image-conditioned models: one image file, or an .npz of uint8 (N, H, W[, C]) 'images' or "
                         "'source' (+ 'mask' for inpainting). 'images' at the model's output size are clean images, "
@@ -176,6 +179,13 @@ def _load_classifier(args: argparse.Namespace, model: Any) -> Any:
     classes = clf.info["config"].model.num_classes
     if model.num_classes is not None and classes != model.num_classes:
         raise UsageError(f"--classifier {args.classifier} has {classes} classes; the model has {model.num_classes}")
+    cfg = clf.info["config"]
+    size, channels = cfg.data.options.get("size"), cfg.model.in_channels
+    c, h, w = model.image_shape
+    if channels != c or (isinstance(size, int) and (size, size) != (h, w)):
+        seen = f"{channels}x{size}x{size}" if isinstance(size, int) else f"{channels}-channel"
+        raise UsageError(f"--classifier {args.classifier} was trained on {seen} images; this model makes {c}x{h}x{w}: "
+                         f"train one at the model's size (--set data.size={h})")
     return clf
 
 
@@ -245,62 +255,14 @@ def _read_source(path: Path, conditioner: Any, n: int | None, gens: list[torch.G
 
 
 def _label(text: str | None, model: Any) -> Any:
-    """``--label``: None, ``"all"``, a class index, or a class name stored in the run (exact, else ignoring case);
-    anything else is one line listing the classes."""
-    if text is None or text == "all":
-        return text
+    """``--label``: None, ``"all"``, a class index, or a class name stored in the run
+    (:func:`~denoisekit.pipelines.generate.resolve_label`); anything else is one line listing the classes."""
+    from ..pipelines.generate import resolve_label
+
     try:
-        return int(text)
-    except ValueError:
-        pass
-    names = list(model.classes)
-    for match in (lambda c: c == text, lambda c: c.lower() == text.strip().lower()):
-        found = [i for i, c in enumerate(names) if match(c)]
-        if found:
-            return found[0]
-    k = model.num_classes
-    if k is None:
-        return text  # not a class model: the pipeline says so
-    listed = (f"; its classes: {', '.join(f'{i} {c}' for i, c in enumerate(names))}" if names and k <= 100
-              else "" if names else " (this run stores no class names)")
-    raise UsageError(f"--label {text!r}: labels must be an integer in 0..{k - 1}, 'all', or a class name{listed}")
-
-
-def _class_name(model: Any, c: int) -> str:
-    names = model.classes
-    return names[c] if c < len(names) else f"class {c}"
-
-
-def _groups(result: Any, model: Any) -> tuple[list[torch.Tensor], list[str] | None]:
-    """The PNG grid of ``sample``: one labelled group per class (``--label all``) or prompt, else one group
-    (labelled with its class when there is one)."""
-    x, labels = result.images, result.labels
-    if result.prompts is not None:
-        k = result.per_row
-        return [x[i:i + k] for i in range(0, len(x), k)], result.prompts[::k]
-    if labels is None:
-        return [x], None
-    classes = [int(c) for c in dict.fromkeys(labels.tolist())]  # in order of first appearance
-    if len(classes) == 1:
-        return [x], [_class_name(model, classes[0])]
-    classes.sort()
-    return [x[labels == c] for c in classes], [_class_name(model, c) for c in classes]
-
-
-def _is_directory(out: str) -> bool:
-    """``--out DIR/`` (or an existing directory): one PNG per image."""
-    return out.endswith(("/", "\\")) or Path(out).is_dir()
-
-
-def _save_each(x: torch.Tensor, out: Path) -> None:
-    """Images ``(N, C, H, W)`` as ``out/00000.png, ...`` (grey or RGB, at their own size: what FID tools read)."""
-    from PIL import Image
-
-    from ..data.transforms import tensor_to_uint8
-
-    out.mkdir(parents=True, exist_ok=True)
-    for i, im in enumerate(tensor_to_uint8(x)):
-        Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im[..., :3]).save(out / f"{i:05d}.png")
+        return resolve_label(text, model.classes, model.num_classes)
+    except ValueError as e:
+        raise UsageError(f"--{e}") from None
 
 
 def _count(path: Path) -> int:
@@ -315,8 +277,8 @@ def _count(path: Path) -> int:
 def _restore(args: argparse.Namespace, out: Path, model: Any, settings: dict[str, Any], shown_as: str,
              n: int | None) -> int:
     """``sample --source``: image-to-image sampling (Palette) of an image-conditioned run."""
-    from ..data.transforms import tensor_to_uint8
     from ..eval.plotting import save_grid
+    from ..pipelines.output import is_directory, save_each, save_npz
     from ..pipelines.palette import restore
 
     conditioner = image_conditioner(model.condition)
@@ -344,29 +306,28 @@ def _restore(args: argparse.Namespace, out: Path, model: Any, settings: dict[str
                                                       else None))
     err = conditioner.consistency(x, source)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if _is_directory(args.out):
-        _save_each(x, out)
+    if is_directory(args.out):
+        save_each(x, out)
     elif out.suffix.lower() == ".png":
         rows = [shown, x] + ([truth] if truth is not None else [])
         save_grid(rows, out, labels=["input", "output", "truth"][:len(rows)], aligned=True)
     else:
-        extra = {"truth": tensor_to_uint8(truth)} if truth is not None else {}
-        np.savez_compressed(out, images=tensor_to_uint8(x), source=tensor_to_uint8(shown), consistency=err.numpy(),
-                            **extra)
+        extra = {"truth": truth} if truth is not None else {}
+        save_npz(out, images=x, source=shown, consistency=err, **extra)
     print(f"{len(x)} {conditioner.task} results from {args.run} ({shown_as}) in {seconds:.1f} s; mean consistency "
           f"error with the input {err.mean().item():.4f}; wrote {out}")
     return 0
 
 
 def _run_sample(args: argparse.Namespace) -> int:
-    from ..data.transforms import tensor_to_uint8
-    from ..eval.plotting import save_grid
     from ..pipelines.generate import generate_images
+    from ..pipelines.output import check_output
     from ..train.run import load_model
 
-    out = Path(args.out)
-    if out.suffix.lower() not in (".png", ".npz") and not _is_directory(args.out):
-        raise UsageError(f"--out must end in .png or .npz, or be a directory ending in '/', got {out.name!r}")
+    try:
+        out = check_output(args.out)
+    except ValueError as e:
+        raise UsageError(f"--out: {e}") from None
     model = load_model(args.run, weights=args.weights, device=resolve_device(args.device))
     settings, shown_as = _settings(args, model)
     n = args.n or model.defaults.n
@@ -374,6 +335,9 @@ def _run_sample(args: argparse.Namespace) -> int:
         return _restore(args, out, model, settings, shown_as, args.n)  # default: every source image
     _check_flags(args, model)
     clf = _load_classifier(args, model) if args.classifier is not None else None
+    from .clip import clip_energy
+
+    energy = clip_energy(args.clip_guidance, model)
     label = _label(args.label, model)
     start = time.perf_counter()
     try:
@@ -382,25 +346,14 @@ def _run_sample(args: argparse.Namespace) -> int:
                 model, n, labels=label, prompts=_prompts(args), negative_prompt=args.negative_prompt,
                 cfg_scale=args.cfg, cfg_rescale=args.cfg_rescale,
                 cfg_interval=tuple(args.cfg_interval) if args.cfg_interval else None, classifier=clf,
-                classifier_scale=args.classifier_scale,
+                classifier_scale=args.classifier_scale, clip=energy, clip_scale=args.clip_guidance,
                 num_labels=clf.info["config"].model.num_classes if clf is not None else None,
-                seed=args.seed, batch_size=args.batch, **settings)
+                seed=args.seed, batch_size=args.batch, progress=not args.quiet, **settings)
     except ValueError as e:
         raise UsageError(f"{e}") from None
     seconds = time.perf_counter() - start
     x, n = result.images, len(result.images)
-    if not torch.isfinite(x).all():
-        raise FloatingPointError("samples contain NaN or inf")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if _is_directory(args.out):
-        _save_each(x, out)
-    elif out.suffix.lower() == ".png":
-        groups, labels = _groups(result, model)
-        save_grid(groups, out, labels=labels)
-    else:
-        labels = result.labels.numpy() if result.labels is not None else np.full(n, -1)
-        extra = {"prompts": np.array(result.prompts, dtype=str)} if result.prompts is not None else {}
-        np.savez_compressed(out, images=tensor_to_uint8(x), labels=labels.astype(np.int64), **extra)
+    result.save(args.out)
     space = (f"; latents {'x'.join(map(str, model.image_shape))} decoded to {'x'.join(map(str, x.shape[1:]))}"
              if model.decoder is not None else "")
     scale = model.defaults.cfg_scale if args.cfg is None else args.cfg
@@ -463,7 +416,8 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     from ..eval.reference import accepted
 
     p.add_argument("samples", help=".npz written by 'denoisekit sample' (images, labels)")
-    p.add_argument("--ref", default="digits", metavar="SPEC", help=f"the real images: {accepted()} (default digits)")
+    p.add_argument("--ref", default=None, metavar="SPEC",
+                   help=f"the real images: {accepted()} (default digits; with --clip alone: no FID)")
     p.add_argument("--features", default="auto",
                    help="feature network: auto (the built-in one of digits/shapes, else selfsup), selfsup (trained "
                         "on --ref itself, cached by its hash), digits, shapes, or inception (needs --inception)")
@@ -474,6 +428,10 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
                    help="option of the self-supervised network, repeatable (e.g. --selfsup steps=100; see "
                         "denoisekit.eval.selfsup.SelfSupConfig)")
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+    add_device(p)
+    p.add_argument("--clip", nargs="?", const="cache", default=None, metavar="DIR",
+                   help="CLIP score and R-precision of samples with prompts, by the cached CLIP ('make clip') or the "
+                        "one trained into DIR ('denoisekit clip --out DIR')")
 
 
 def _selfsup_config(items: list[str]) -> Any:
@@ -494,9 +452,16 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     if not Path(args.samples).is_file():
         raise FileNotFoundError(f"samples file {args.samples!r} does not exist")
-    metrics = evaluate(args.samples, ref=args.ref, features=args.features, inception=args.inception,
-                       ref_limit=args.ref_limit, selfsup=_selfsup_config(args.selfsup))
-    print(format_metrics(metrics))
+    metrics: dict[str, Any] = {}
+    if args.clip is None or args.ref is not None:
+        metrics = evaluate(args.samples, ref=args.ref or "digits", features=args.features, inception=args.inception,
+                           ref_limit=args.ref_limit, selfsup=_selfsup_config(args.selfsup),
+                           device=resolve_device(args.device))
+        print(format_metrics(metrics))
+    if args.clip is not None:
+        from .clip import eval_clip
+
+        metrics["clip"] = eval_clip(args.samples, args.clip)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n")
@@ -571,6 +536,7 @@ COMMANDS = {
     "train": ("train an image model from a YAML config", _add_train, _run_train),
     "sample": ("sample a trained run to a PNG grid or an .npz", _add_sample, _run_sample),
     "tune": ("fit a learned solver (grid and weights) to a run's model for 'sample --solver'", _add_tune, _run_tune),
-    "eval": ("FID, KID, precision/recall of samples against a reference", _add_eval, _run_eval),
+    "eval": ("FID, KID, precision/recall of samples against a reference; --clip: CLIP score, R-precision",
+             _add_eval, _run_eval),
     "report": ("write report.md for a run from its metrics.json", _add_report, _run_report),
 }

@@ -29,7 +29,7 @@ def _run_train_classifier(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     with threads(args.threads or torch.get_num_threads()):
-        run_train_classifier(args.config, args.out, args.set, resume=args.resume)
+        run_train_classifier(args.config, args.out, args.set, resume=args.resume, progress=not args.quiet)
     say(f"trained in {time.perf_counter() - start:.0f} s; use it with "
           f"'denoisekit sample RUN --classifier {args.out} --classifier-scale S'")
     return 0
@@ -45,7 +45,7 @@ def _run_train_autoencoder(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     with threads(args.threads or torch.get_num_threads()):
-        code = run_train_autoencoder(args.config, args.out, args.set, resume=args.resume)
+        code = run_train_autoencoder(args.config, args.out, args.set, resume=args.resume, progress=not args.quiet)
     say(f"trained in {time.perf_counter() - start:.0f} s; wrote {args.out}")
     return code
 

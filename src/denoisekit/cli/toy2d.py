@@ -11,12 +11,12 @@ from typing import Any
 
 import torch
 
-from ..data.toy2d import DATASETS
+from ..data.toy2d import DATASETS, POINTS_SUFFIXES, is_points_file, save_points
 from ..losses import NOISE_LEVELS, WEIGHTINGS, DiffusionLoss
 from ..models import MODELS
 from ..prediction import PREDICTIONS
 from ..process import PROCESSES
-from ..schedules import SCHEDULES
+from ..schedules import SCHEDULES, default_schedule
 from .common import (PROG, UsageError, add_device, is_main_process, key_values, positive_int, resolve_device, say,
                      threads)
 
@@ -32,7 +32,10 @@ def _add_train2d(p: argparse.ArgumentParser) -> None:
     from ..train.toy2d import Toy2DConfig
 
     d = Toy2DConfig()
-    p.add_argument("--data", default=d.data, help=f"dataset: {', '.join(DATASETS)} (default {d.data})")
+    p.add_argument("--data", default=d.data,
+                   help=f"dataset: {', '.join(DATASETS)} (default {d.data}), or your own points: an (N, 2) .npy, .npz "
+                        "(key 'points') or .csv file, all of which train (--n-train applies to built-in sets); the "
+                        "run keeps a copy")
     p.add_argument("--out", required=True,
                    help="run directory to write (config.json, model.safetensors, loss.csv, loss.png)")
     p.add_argument("--process", default=d.process, help=f"noising process: {', '.join(PROCESSES)}")
@@ -94,16 +97,19 @@ def _add_sample2d(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run directory written by train2d")
     p.add_argument("--sampler", default="dpmpp_2m", help="sampler name (see 'denoisekit list')")
     p.add_argument("--nfe", type=int, default=10, help="model evaluations (default 10)")
-    # Uniform log-SNR steps are DPM-Solver's own choice (Lu et al. 2022, Sec. 3.3); on 2-D data at 10 NFE
-    # they beat Karras' rho = 7 grid, which spends half its steps above sigma = 10 (moons, dpmpp_2m:
-    # sliced W2 0.069 vs 0.106; the exact GMM denoiser: 0.097 vs 0.159).
-    p.add_argument("--schedule", default="log_snr",
-                   help=f"step schedule: {', '.join(SCHEDULES)} (default log_snr)")
+    # auto: uniform log-SNR steps (DPM-Solver's own choice, Lu et al. 2022, Sec. 3.3; on 2-D data at 10 NFE
+    # they beat Karras' rho = 7 grid, which spends half its steps above sigma = 10: moons, dpmpp_2m, sliced W2
+    # 0.069 vs 0.106), or uniform t for a process with zero terminal SNR (flow, cosine): schedules.default_schedule.
+    p.add_argument("--schedule", default="auto",
+                   help=f"step schedule: {', '.join(SCHEDULES)} (default auto: log_snr, or trailing (uniform t) for "
+                        "flow, cosine and sigmoid processes)")
     p.add_argument("--sampler-arg", action="append", metavar="KEY=VALUE", help="sampler option, e.g. eta=1")
     p.add_argument("--n", type=positive_int, default=2000, help="number of samples (default 2000)")
     p.add_argument("--out", default="samples.png", help="scatter plot to write (PNG)")
     p.add_argument("--gif", default=None, help="also write the sampling trajectory as an animated GIF")
     p.add_argument("--metrics", default=None, help="metrics JSON path (default: --out with .json)")
+    p.add_argument("--save-points", default=None, metavar="FILE",
+                   help="also write the samples: an (N, 2) float32 .npy, .npz (key 'points') or .csv")
     p.add_argument("--seed", type=int, default=0, help="seed of the start noise (default 0)")
     add_device(p)
     p.add_argument("--no-nll", action="store_true", help="skip the (slow) likelihood of held-out data")
@@ -118,7 +124,7 @@ def _run_sample2d(args: argparse.Namespace) -> int:
 
 def _sample2d(args: argparse.Namespace) -> int:
     from ..data.toy2d import toy2d_log_prob
-    from ..eval.toy2d import model_nll, sliced_wasserstein, wasserstein2
+    from ..eval.toy2d import chamfer_distance, model_nll, sliced_wasserstein, wasserstein2
     from ..eval.plotting import save_scatter, save_trajectory_gif
     from ..samplers.run import sample, steps_for_nfe
     from ..train.toy2d import held_out, load_run
@@ -135,9 +141,12 @@ def _sample2d(args: argparse.Namespace) -> int:
             raise UsageError(f"{flag} must end in {' or '.join(suffixes)}; supported: {', '.join(suffixes)}, "
                              f"got {Path(path).name!r}")
     metrics_path = Path(args.metrics) if args.metrics else out.with_suffix(".json")
+    if args.save_points is not None and not is_points_file(args.save_points):
+        raise UsageError(f"--save-points must end in {', '.join(POINTS_SUFFIXES)}, got {Path(args.save_points).name!r}")
     device = resolve_device(args.device)
     denoiser, config = load_run(args.run)
     denoiser = denoiser.to(device)
+    schedule = default_schedule(denoiser.process) if args.schedule == "auto" else args.schedule
 
     frames: list[dict[str, Any]] = []
 
@@ -146,24 +155,26 @@ def _sample2d(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     with torch.no_grad():
-        x = sample(denoiser, (args.n, 2), sampler=args.sampler, nfe=args.nfe, schedule=args.schedule,
+        x = sample(denoiser, (args.n, 2), sampler=args.sampler, nfe=args.nfe, schedule=schedule,
                    generator=torch.Generator().manual_seed(args.seed), callback=record if args.gif else None,
                    device=device, **options).cpu()
     sample_time = time.perf_counter() - start
     if not torch.isfinite(x).all():
         raise FloatingPointError("samples contain NaN or inf")
-    ref = held_out(config, args.n)
+    ref = held_out(config, args.n, run_dir=args.run)
     # The same distances from independent draws of the true data: the floor for n points. One draw
     # is noisy (for moons, the +-sqrt(n) imbalance between the two halves moves W2 by 2x), so average.
-    draws = [held_out(config, args.n, k) for k in range(1, REFERENCE_DRAWS + 1)]
+    draws = [held_out(config, args.n, k, run_dir=args.run) for k in range(1, REFERENCE_DRAWS + 1)]
     metrics: dict[str, Any] = {
         "run": str(args.run), "data": config.data, "process": config.process, "prediction": config.prediction,
-        "sampler": args.sampler, "nfe": args.nfe, "steps": steps, "schedule": args.schedule, "n": args.n,
+        "sampler": args.sampler, "nfe": args.nfe, "steps": steps, "schedule": schedule, "n": args.n,
         "seed": args.seed, "sampling_seconds": round(sample_time, 4),
         "sliced_wasserstein": sliced_wasserstein(x, ref), "w2": wasserstein2(x, ref),
+        "chamfer": chamfer_distance(x, ref), "n_reference": len(ref),
         "reference": {"draws": REFERENCE_DRAWS,
                       "sliced_wasserstein": sum(sliced_wasserstein(d, ref) for d in draws) / len(draws),
-                      "w2": sum(wasserstein2(d, ref) for d in draws) / len(draws)},
+                      "w2": sum(wasserstein2(d, ref) for d in draws) / len(draws),
+                      "chamfer": sum(chamfer_distance(d, ref) for d in draws) / len(draws)},
     }
     if not args.no_nll:
         pts = ref[: args.nll_points]
@@ -177,14 +188,15 @@ def _sample2d(args: argparse.Namespace) -> int:
             metrics["nll_points"] = len(pts)
             metrics["nll_seconds"] = round(time.perf_counter() - start, 2)
             # the exact data density, smoothed to the same sigma_min: what a perfect model would score
-            true_lp = toy2d_log_prob(config.data, pts, denoiser.process.sigma_min)
-            metrics["reference"]["nll_nats"] = float(-true_lp.mean())
+            if not is_points_file(config.data):  # a points file has no known density
+                true_lp = toy2d_log_prob(config.data, pts, denoiser.process.sigma_min)
+                metrics["reference"]["nll_nats"] = float(-true_lp.mean())
 
     caption = {"SW": metrics["sliced_wasserstein"], "W2": metrics["w2"]}
     if "nll_nats" in metrics:
         caption["NLL"] = metrics["nll_nats"]
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_scatter(x, ref, out, title=f"{config.data}: {args.sampler}, {args.nfe} NFE ({args.schedule})",
+    save_scatter(x, ref, out, title=f"{config.data}: {args.sampler}, {args.nfe} NFE ({schedule})",
                  metrics=caption)
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
@@ -193,16 +205,23 @@ def _sample2d(args: argparse.Namespace) -> int:
         Path(args.gif).parent.mkdir(parents=True, exist_ok=True)
         save_trajectory_gif(frames, args.gif, reference=ref)
         written.append(args.gif)
+    if args.save_points is not None:
+        save_points(args.save_points, x)
+        written.append(args.save_points)
 
     r = metrics["reference"]
-    print(f"{args.n} samples from {args.run} with {args.sampler}, {args.nfe} NFE ({args.schedule}) "
+    print(f"{args.n} samples from {args.run} with {args.sampler}, {args.nfe} NFE ({schedule}) "
           f"in {sample_time:.2f} s")
-    note = f"(independent draws of the data, mean of {REFERENCE_DRAWS})"
+    note = (f"(independent draws of the data, mean of {REFERENCE_DRAWS})" if not is_points_file(config.data) else
+            f"(subsets of the points file, mean of {REFERENCE_DRAWS}: a lower floor)")
     print(f"  {'metric':<12} {'model':>8} {'true data':>10}")
     print(f"  {'sliced W2':<12} {metrics['sliced_wasserstein']:8.4f} {r['sliced_wasserstein']:10.4f}   {note}")
     print(f"  {'W2':<12} {metrics['w2']:8.4f} {r['w2']:10.4f}   {note}")
+    print(f"  {'Chamfer':<12} {metrics['chamfer']:8.2f} {r['chamfer']:10.2f}   (squared distances summed over "
+          f"{args.n} samples and {len(ref)} data points: CS492D's)")
     if "nll_nats" in metrics:
-        print(f"  {'NLL (nats)':<12} {metrics['nll_nats']:8.4f} {r['nll_nats']:10.4f}   (exact density; "
+        exact = f"{r['nll_nats']:10.4f}" if "nll_nats" in r else f"{'-':>10}"
+        print(f"  {'NLL (nats)':<12} {metrics['nll_nats']:8.4f} {exact}   (exact density; "
               f"{metrics['nll_points']} held-out points, {metrics['nll_seconds']:.1f} s)")
     print(f"  wrote {', '.join(written)}")
     return 0

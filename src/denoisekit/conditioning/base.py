@@ -32,20 +32,27 @@ from torch import Tensor, nn
 
 @dataclass(frozen=True)
 class Preview:
-    """A sample grid: ``n`` samples in rows of ``nrow``, their ``cond``, and image rows shown ``before`` and
-    ``after`` the samples (an image-conditioned model's inputs and the originals)."""
+    """A sample grid: ``n`` samples in rows of ``nrow``, their ``cond``, image rows shown ``before`` and
+    ``after`` the samples (an image-conditioned model's inputs and the originals), and ``row_labels``: one
+    per row of :meth:`rows` (class names, prompts, ``input``/``sample``/``original``), or none."""
 
     n: int
     nrow: int
     cond: Any = None
     before: tuple[Tensor, ...] = ()
     after: tuple[Tensor, ...] = ()
+    row_labels: tuple[str, ...] = ()
 
     def grid(self, samples: Tensor) -> Tensor:
         """The images of the grid: the ``before`` rows, the samples, the ``after`` rows."""
         if not self.before and not self.after:
             return samples
         return torch.cat([*self.before, samples, *self.after])
+
+    def rows(self, samples: Tensor) -> list[Tensor]:
+        """:meth:`grid` cut into its rows of ``nrow`` images."""
+        x = self.grid(samples)
+        return [x[i:i + self.nrow] for i in range(0, len(x), self.nrow)]
 
 
 class ConditionKind:

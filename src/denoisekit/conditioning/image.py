@@ -265,7 +265,8 @@ class ImageCondition(ConditionKind):
         assert self.conditioner is not None
         x0 = batch["image"].float().to(device)
         cond = self.conditioner.from_source(self.conditioner.degrade(x0, gens), gens)
-        return Preview(len(x0), len(x0), cond, before=(self.conditioner.shown(cond),), after=(x0,))
+        return Preview(len(x0), len(x0), cond, before=(self.conditioner.shown(cond),), after=(x0,),
+                       row_labels=("input", "sample", "original"))
 
     def preview(self, n: int, dataset: Any, device: Any, *, seed: int = 0, prompts: Sequence[str] = ()) -> Preview:
         items = preview_items(dataset, n)

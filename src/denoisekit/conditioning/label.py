@@ -56,5 +56,7 @@ class ClassCondition(ConditionKind):
         """One row per class."""
         assert self.num_classes is not None
         nrow = max(1, n // self.num_classes)
+        names = [str(c) for c in getattr(dataset, "classes", None) or ()]
+        labels = tuple(names[c] if c < len(names) else f"class {c}" for c in range(self.num_classes))
         return Preview(nrow * self.num_classes, nrow,
-                       torch.arange(self.num_classes, device=device).repeat_interleave(nrow))
+                       torch.arange(self.num_classes, device=device).repeat_interleave(nrow), row_labels=labels)

@@ -99,4 +99,5 @@ class TextCondition(ConditionKind):
         """One row per prompt: ``prompts`` (``sample.prompts``), else the first dataset captions."""
         prompts = list(prompts) or [str(it["caption"]) for it in preview_items(dataset, n)]
         nrow = max(1, n // len(prompts))
-        return Preview(nrow * len(prompts), nrow, {"text": [p for p in prompts for _ in range(nrow)]})
+        return Preview(nrow * len(prompts), nrow, {"text": [p for p in prompts for _ in range(nrow)]},
+                       row_labels=tuple(prompts))

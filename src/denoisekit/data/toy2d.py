@@ -21,8 +21,11 @@ gmm            ``GaussianMixture.random(dim=2, components=8, seed=0)``: random a
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -91,6 +94,82 @@ DATASETS: dict[str, Callable[[int, torch.Generator], Tensor]] = {
     "checkerboard": make_checkerboard,
     "gmm": make_gmm,
 }
+
+
+#: A student's own points: ``(N, 2)`` in ``.npy``, ``.npz`` (key ``points``, or its only array) or ``.csv``.
+POINTS_SUFFIXES = (".npy", ".npz", ".csv")
+
+
+def is_points_file(name: str) -> bool:
+    """Whether a dataset name is a points file (by its extension) rather than a built-in dataset."""
+    return Path(name).suffix.lower() in POINTS_SUFFIXES
+
+
+def read_points(path: str | os.PathLike[str]) -> Tensor:
+    """The ``(N, 2)`` float32 points of a ``.npy``, ``.npz`` or ``.csv`` file (a header row is skipped);
+    a missing file, another extension, another shape, fewer than 2 points or NaN/inf is a ``ValueError``
+    naming the file."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in POINTS_SUFFIXES:
+        raise ValueError(f"points file {str(path)!r}: unknown extension {suffix!r}; allowed: "
+                         f"{', '.join(POINTS_SUFFIXES)}")
+    if not path.is_file():
+        raise ValueError(f"points file {str(path)!r} does not exist")
+    try:
+        if suffix == ".npy":
+            a = np.load(path, allow_pickle=False)
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as f:
+                if "points" not in f.files and len(f.files) != 1:
+                    raise ValueError(f"has arrays {', '.join(f.files)}: name the points 'points'")
+                a = f["points"] if "points" in f.files else f[f.files[0]]
+        else:
+            a = np.loadtxt(path, delimiter=",", ndmin=2, skiprows=_header_rows(path))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"points file {str(path)!r}: {e}") from None
+    if a.ndim != 2 or a.shape[1] != 2 or a.shape[0] < 2 or not np.issubdtype(a.dtype, np.number):
+        raise ValueError(f"points file {str(path)!r}: expected an (N, 2) array of numbers with N >= 2, got "
+                         f"shape {a.shape} of {a.dtype}")
+    bad = np.flatnonzero(~np.isfinite(a).all(axis=1))
+    if len(bad):
+        raise ValueError(f"points file {str(path)!r}: row {int(bad[0])} is not finite ({len(bad)} such rows)")
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+
+def save_points(path: str | os.PathLike[str], points: Tensor) -> None:
+    """``(N, 2)`` points to a ``.npy``, ``.npz`` (key ``points``) or ``.csv`` (header ``x,y``) file, atomically:
+    what :func:`read_points` reads back."""
+    from ..io import write_atomic
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in POINTS_SUFFIXES:
+        raise ValueError(f"points file {str(path)!r}: unknown extension {suffix!r}; allowed: "
+                         f"{', '.join(POINTS_SUFFIXES)}")
+    a = torch.as_tensor(points).detach().cpu().float().numpy()
+
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:
+            if suffix == ".npy":
+                np.save(f, a)
+            elif suffix == ".npz":
+                np.savez(f, points=a)
+            else:
+                np.savetxt(f, a, delimiter=",", header="x,y", comments="", fmt="%.9g")
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, write)
+
+
+def _header_rows(path: Path) -> int:
+    with open(path) as f:
+        first = f.readline().split(",")
+    try:
+        [float(v) for v in first]
+    except ValueError:
+        return 1
+    return 0
 
 
 def sample_toy2d(name: str, n: int, seed: int = 0) -> Tensor:

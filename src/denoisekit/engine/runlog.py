@@ -1,40 +1,17 @@
-"""Run outputs of the main process: CSV and TensorBoard logs (scalars and the preview grids), the loss curve,
-sample grids."""
+"""Run outputs of the main process: CSV and TensorBoard logs (scalars and the preview grids), the loss curve.
+(Image grids are :func:`denoisekit.eval.plotting.save_grid`.)"""
 
 from __future__ import annotations
 
 import csv
 import math
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor
 
 from ..io import write_atomic, write_text_atomic
-
-
-def save_image_grid(images: Tensor, path: str | os.PathLike[str], per_row: int, *, min_cell: int = 32) -> None:
-    """Images ``(N, C, H, W)`` in [-1, 1] as one PNG, ``per_row`` per row, cells upscaled (nearest) to at
-    least ``min_cell`` pixels. One channel is greyscale, 3 (or the first 3 of 4) RGB, else channel 0."""
-    from PIL import Image
-
-    x = images.detach().float().cpu().clamp(-1, 1)
-    x = x[:, :3] if x.shape[1] in (3, 4) else x[:, :1]
-    k = max(1, math.ceil(min_cell / max(x.shape[2:])))
-    x = x.repeat_interleave(k, 2).repeat_interleave(k, 3)
-    n, ch, h, w = x.shape
-    rows, pad = math.ceil(n / per_row), 2
-    grid = torch.ones(ch, rows * (h + pad) + pad, per_row * (w + pad) + pad)
-    for i in range(n):
-        r, col = divmod(i, per_row)
-        grid[:, pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = x[i]
-    arr = ((grid + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    img = Image.fromarray(arr[..., 0] if ch == 1 else arr)
-    write_atomic(path, lambda p: img.save(p, format="PNG"))
 
 
 def read_log_rows(path: Path) -> list[dict[str, str]]:

@@ -104,16 +104,17 @@ def kernel_inception_distance(real: Any, fake: Any, n_subsets: int = 100, subset
     """KID: mean and standard deviation of the unbiased cubic-kernel MMD^2 over random subsets.
 
     Binkowski et al. 2018, sec. 4: ``n_subsets`` draws of ``subset_size`` points (without replacement
-    within a draw) from each set, seeded; ``subset_size`` is capped at the smaller set. The estimate
-    is unbiased, so it can be slightly negative for identical distributions.
+    within a draw) from each set, seeded. When a set has no more than ``subset_size`` points, subsets are half
+    the smaller set: whole-set subsets would all be the same draw, and the standard deviation would read 0.
+    The estimate is unbiased at any subset size, so it can be slightly negative for identical distributions.
     """
     r, f = _pair(real, fake)
     if n_subsets < 1:
         raise ValueError(f"n_subsets must be >= 1, got {n_subsets}")
     n, m = r.shape[0], f.shape[0]
-    size = min(subset_size, n, m)
+    size = subset_size if subset_size < min(n, m) else min(n, m) // 2
     if size < 2:
-        raise ValueError(f"KID needs at least 2 samples per set, got {n} and {m}")
+        raise ValueError(f"KID needs at least 4 samples per set, got {n} and {m}")
     g = torch.Generator().manual_seed(seed)
     subsets = [(torch.randperm(n, generator=g)[:size], torch.randperm(m, generator=g)[:size]) for _ in range(n_subsets)]
     if n * n + m * m + n * m <= _GRAM_LIMIT:

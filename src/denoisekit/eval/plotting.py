@@ -153,13 +153,14 @@ def _cut(line: str, font: Any, width: int, *, more: bool = False) -> str:
     return line.rstrip() + "..."
 
 
-def grid_image(groups: Sequence[Tensor], *, labels: Sequence[str] | None = None, aligned: bool = False,
+def grid_image(groups: Tensor | Sequence[Tensor], *, labels: Sequence[str] | None = None, aligned: bool = False,
                min_cell: int = 32, columns: int | None = None) -> Any:
     """The grid of ``groups`` of images ``(N_g, C, H, W)`` in ``[-1, 1]`` as a PIL image (module docstring):
     cells upscaled (nearest) to at least ``min_cell`` pixels, ``labels`` (one per group) in a column on the
     left, ``columns`` default :func:`grid_columns`. One channel is greyscale, 3 (or the first 3 of 4) RGB."""
     from PIL import Image, ImageDraw
 
+    groups = [groups] if isinstance(groups, Tensor) else groups  # one (N, C, H, W) tensor: one group
     groups = [g.detach().float().cpu().clamp(-1, 1) for g in groups]
     if not groups or any(g.ndim != 4 for g in groups) or len({tuple(g.shape[1:]) for g in groups}) != 1:
         raise ValueError(f"a grid needs groups of (N, C, H, W) images of one shape, got "
@@ -207,7 +208,7 @@ def grid_image(groups: Sequence[Tensor], *, labels: Sequence[str] | None = None,
     return canvas
 
 
-def save_grid(groups: Sequence[Tensor], path: str | os.PathLike[str], *, labels: Sequence[str] | None = None,
+def save_grid(groups: Tensor | Sequence[Tensor], path: str | os.PathLike[str], *, labels: Sequence[str] | None = None,
               aligned: bool = False, min_cell: int = 32, columns: int | None = None) -> None:
     """:func:`grid_image` written atomically as a PNG."""
     from ..io import write_atomic

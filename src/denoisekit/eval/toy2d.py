@@ -5,6 +5,10 @@
   each 1-D distance is exact from sorted projections.
 - :func:`wasserstein2`: the exact 2-Wasserstein distance between two equal-size empirical measures,
   an optimal assignment on squared distances (Kuhn's Hungarian problem, solved by scipy).
+- :func:`chamfer_distance`: the sum over each cloud of every point's squared distance to the nearest point
+  of the other, as KAIST CS492D grades 2048 samples against 2048 data points (a sum, so it grows with the
+  number of points; squared, the only reading under which the course's thresholds of 20 and 40 lie above
+  the data-vs-data floor: 1.4 for the course's Swiss roll, against 64 for a sum of plain distances).
 - :func:`model_nll`: negative log-likelihood in nats of points under a model's probability-flow
   ODE (Song et al. 2021b, App. D.2), through :func:`denoisekit.eval.likelihood.nll`.
 
@@ -81,6 +85,20 @@ def wasserstein2(x: Tensor, y: Tensor, max_points: int = 2000, seed: int = 0) ->
     cost = torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist").pow(2).numpy()
     rows, cols = linear_sum_assignment(cost)
     return math.sqrt(max(float(cost[rows, cols].mean()), 0.0))
+
+
+def chamfer_distance(x: Tensor, y: Tensor, chunk: int = 4096) -> float:
+    """``sum_i min_j |x_i - y_j|^2 + sum_j min_i |x_i - y_j|^2`` (module docstring), in chunks of ``chunk``
+    rows so large clouds need no ``N x M`` matrix at once."""
+    x, y = _points(x, "x"), _points(y, "y")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"point clouds differ in dimension: {x.shape[1]} vs {y.shape[1]}")
+
+    def nearest(a: Tensor, b: Tensor) -> float:
+        return sum(float(torch.cdist(a[i:i + chunk], b, compute_mode="donot_use_mm_for_euclid_dist").min(1).values
+                         .pow(2).sum()) for i in range(0, a.shape[0], chunk))
+
+    return nearest(x, y) + nearest(y, x)
 
 
 def model_nll(denoiser: Any, x: Tensor, *, sigma_min: float | None = None, sigma_max: float | None = None,

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from .._utils import GeneratorLike, seeded_generators
 from ..condition import check_condition, index_condition
 from ..denoiser import DenoiserFn
-from ..guidance import Classifier, ClassifierFreeGuidance, ClassifierGuidance
+from ..guidance import Classifier, ClassifierFreeGuidance, ClassifierGuidance, CLIPGuidance, TextEnergy
 from ..samplers import SAMPLERS
 from ..samplers.run import sample, steps_for_nfe
 from ..samplers.tuning.grid import load_sigmas
@@ -48,6 +48,9 @@ class Guidance:
     (``(y, sigma) -> logits`` in the VE frame) at ``classifier_scale``:
     :class:`~denoisekit.guidance.ClassifierGuidance` toward the labels of ``cond``, outside CFG;
     ``classifier_conditional`` says whether the model itself takes the labels (None: a class model does).
+    ``clip`` (``energy(y, sigma, prompts) -> (B,)``, e.g. :class:`~denoisekit.eval.clip.CLIPEnergy` of the
+    noise-aware CLIP) at ``clip_scale``: :class:`~denoisekit.guidance.CLIPGuidance` toward the prompts of
+    ``cond``, outside CFG and classifier guidance (the model keeps its prompts when it is a text model).
     """
 
     cfg_scale: float = 1.0
@@ -57,6 +60,8 @@ class Guidance:
     classifier: Classifier | None = None
     classifier_scale: float = 1.0
     classifier_conditional: bool | None = None
+    clip: TextEnergy | None = None
+    clip_scale: float = 0.0
 
 
 def default_guidance(model: LoadedModel) -> Guidance:
@@ -74,6 +79,8 @@ def guided_denoiser(model: LoadedModel, guidance: Guidance | None = None) -> Den
     if g.classifier is not None:
         conditional = model.kind == "class" if g.classifier_conditional is None else g.classifier_conditional
         den = ClassifierGuidance(den, g.classifier, g.classifier_scale, conditional=conditional)
+    if g.clip is not None and g.clip_scale != 0:
+        den = CLIPGuidance(den, g.clip, g.clip_scale, conditional=model.kind == "text")
     return den
 
 

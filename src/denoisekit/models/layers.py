@@ -32,6 +32,7 @@ there is no natural "null image", so a silent zero would hide a bug (pass zeros 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -240,7 +241,13 @@ class Attention(nn.Module):
 
     With a mask, a sample whose tokens are all masked gets a zero output (it attends to nothing),
     the same as calling the block without a context.
+
+    ``control``: None, or a hook ``probs (B, h, N, L) -> probs`` that sees and may change the attention
+    probabilities before they weigh the values (prompt-to-prompt, Hertz et al. 2023); it is set for the
+    duration of a call by :func:`denoisekit.models.attention_control.attention_control`, which names the layer.
     """
+
+    control: Callable[[Tensor], Tensor] | None = None
 
     def __init__(self, dim: int, heads: int, context_dim: int | None = None, zero_out: bool = False):
         super().__init__()
@@ -272,7 +279,12 @@ class Attention(nn.Module):
                 mask = (mask | ~valid[:, None])[:, None, None, :]                # (B, 1, 1, L)
         else:
             q, k, v = self.qkv(x).view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if self.control is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:  # the same attention with its probabilities (B, h, N, L) in the open for the hook
+            scores = (q @ k.transpose(-2, -1)) * (d // h) ** -0.5
+            probs = (scores if mask is None else scores.masked_fill(~mask, float("-inf"))).softmax(-1)
+            out = self.control(probs) @ v
         out = self.proj(out.transpose(1, 2).reshape(b, n, d))
         if valid is not None and not bool(valid.all()):
             out = out * valid[:, None, None].to(out.dtype)

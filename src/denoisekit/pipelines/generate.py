@@ -7,14 +7,19 @@ condition and the :class:`~denoisekit.generation.Guidance` of :func:`~denoisekit
 
     model = load_model("runs/digits")
     out = generate_images(model, 100, labels="all", cfg_scale=2)   # out.images (100, 1, 8, 8), labels i % 10
-    save_image_grid(out.grid(), "grid.png", out.per_row)            # one row per class
+    out.save("grid.png")                                           # one labelled row per class
+
+:meth:`Generated.save` is the one way generated images are written (a labelled grid, an npz, or one PNG per
+image); :func:`resolve_label` reads a user's label (an index, ``"all"`` or a stored class name).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,13 +36,58 @@ Labels = int | str | Sequence[int] | Tensor | None
 class Generated:
     """Images ``(N, C, H, W)`` (decoded, not clamped), their ``labels`` ``(N,)`` or ``prompts`` (N) if any, and
     ``per_row``: images per grid row (one row per class or prompt); ``by_class``: labels cycle over the
-    classes (``"all"``), so :meth:`grid` gathers each class into its row."""
+    classes (``"all"``), so :meth:`grid` gathers each class into its row; ``class_names``: the model's, for
+    the grid's row labels."""
 
     images: Tensor
     labels: Tensor | None
     prompts: list[str] | None
     per_row: int
     by_class: bool = False
+    class_names: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def groups(self) -> tuple[list[Tensor], list[str] | None]:
+        """The images as labelled grid groups: one per prompt, or per class (sorted) when there are several,
+        else one group (labelled with its class when there is one)."""
+        x, labels = self.images, self.labels
+        if self.prompts is not None:
+            k = self.per_row
+            return [x[i:i + k] for i in range(0, len(x), k)], self.prompts[::k]
+        if labels is None:
+            return [x], None
+        classes = [int(c) for c in dict.fromkeys(labels.tolist())]  # in order of first appearance
+        if len(classes) == 1:
+            return [x], [self.class_name(classes[0])]
+        classes.sort()
+        return [x[labels == c] for c in classes], [self.class_name(c) for c in classes]
+
+    def class_name(self, c: int) -> str:
+        return self.class_names[c] if c < len(self.class_names) else f"class {c}"
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the images: ``.png`` a labelled grid (:meth:`groups`), ``.npz`` uint8 ``images`` ``(N, H, W, C)``
+        with ``labels`` (-1 without) and ``prompts`` if any, a directory (a name ending in ``/`` or an existing
+        directory) one PNG per image. Returns the path written."""
+        from ..eval.plotting import save_grid
+        from .output import check_output, is_directory, save_each, save_npz
+
+        out = check_output(path)
+        if not torch.isfinite(self.images).all():
+            raise FloatingPointError("samples contain NaN or inf")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if is_directory(path):
+            save_each(self.images, out)
+        elif out.suffix.lower() == ".png":
+            groups, labels = self.groups()
+            save_grid(groups, out, labels=labels)
+        else:
+            labels = self.labels if self.labels is not None else torch.full((len(self),), -1)
+            extra = {"prompts": self.prompts} if self.prompts is not None else {}
+            save_npz(out, images=self.images, labels=labels.long(), **extra)
+        return out
 
     def grid(self) -> Tensor:
         """The images in grid order, ``per_row`` per row: as generated, or with ``by_class`` row ``c`` holding
@@ -47,6 +97,29 @@ class Generated:
         blank = torch.ones_like(self.images[:1])
         rows = [self.images[self.labels == c] for c in range(int(self.labels.max()) + 1)]
         return torch.cat([torch.cat([r, blank.expand(self.per_row - len(r), *r.shape[1:])]) for r in rows])
+
+
+def resolve_label(value: Labels, classes: Sequence[str], num_classes: int | None) -> Labels:
+    """A user's label: None, ``"all"``, a class index (or its digits as text), a class name stored in the run
+    (exact, else ignoring case), or anything :func:`class_labels` takes; another string is a ``ValueError``
+    listing the classes. Non-class models pass it on (:func:`user_condition` says what is wrong)."""
+    if not isinstance(value, str) or value == "all":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    names = list(classes)
+    for match in (lambda c: c == value, lambda c: c.lower() == value.strip().lower()):
+        found = [i for i, c in enumerate(names) if match(c)]
+        if found:
+            return found[0]
+    if num_classes is None:
+        return value
+    listed = (f"; its classes: {', '.join(f'{i} {c}' for i, c in enumerate(names))}" if names and num_classes <= 100
+              else "" if names else " (this run stores no class names)")
+    raise ValueError(f"label {value!r}: labels must be an integer in 0..{num_classes - 1}, 'all', or a class "
+                     f"name{listed}")
 
 
 def class_labels(labels: Labels, n: int, num_classes: int) -> tuple[Tensor, int]:
@@ -98,13 +171,16 @@ def user_condition(model: LoadedModel, n: int, *, labels: Labels = None, prompts
 def generate_images(model: LoadedModel, n: int, *, labels: Labels = None, prompts: Sequence[str] | None = None,
                     negative_prompt: str | None = None, cfg_scale: float | None = None, cfg_rescale: float = 0.0,
                     cfg_interval: tuple[float, float] | None = None, classifier: Classifier | None = None,
-                    classifier_scale: float = 1.0, num_labels: int | None = None, **options: Any) -> Generated:
+                    classifier_scale: float = 1.0, num_labels: int | None = None, clip: Any = None,
+                    clip_scale: float = 0.0, **options: Any) -> Generated:
     """``n`` images of ``model`` for the user's inputs (with prompts: ``n // len(prompts)`` per prompt; module
     docstring); ``cfg_*``: classifier-free guidance (default the run's scale, >= 0), ``classifier``:
-    classifier guidance toward the labels. ``options`` go to :func:`~denoisekit.generation.generate`
+    classifier guidance toward the labels, ``clip`` (a CLIP energy, :class:`~denoisekit.eval.clip.CLIPEnergy`) at
+    ``clip_scale``: CLIP guidance toward the prompts (a text model). ``options`` go to :func:`~denoisekit.generation.generate`
     (sampler, nfe, schedule, solver, seed, batch_size, ...)."""
     if cfg_scale is not None and not cfg_scale >= 0:
         raise ValueError(f"the guidance scale must be >= 0 (1 = no guidance), got {cfg_scale!r}")
+    labels = resolve_label(labels, model.classes, model.num_classes if num_labels is None else num_labels)
     cond, per_row = user_condition(model, n, labels=labels, prompts=prompts, num_labels=num_labels)
     if (cfg_scale not in (None, 1) or cfg_rescale != 0 or cfg_interval is not None) and not model.guided:
         raise ValueError(f"classifier-free guidance needs a class- or text-conditional model (condition.kind: "
@@ -114,9 +190,13 @@ def generate_images(model: LoadedModel, n: int, *, labels: Labels = None, prompt
     scale = default_guidance(model).cfg_scale if cfg_scale is None else cfg_scale
     guidance = Guidance(cfg_scale=scale, rescale=cfg_rescale, interval=cfg_interval,
                         negative=None if negative_prompt is None else {"text": [negative_prompt]},
-                        classifier=classifier, classifier_scale=classifier_scale)
+                        classifier=classifier, classifier_scale=classifier_scale, clip=clip, clip_scale=clip_scale)
+    if clip is not None and clip_scale != 0 and not isinstance(cond, dict):
+        raise ValueError(f"CLIP guidance steers toward prompts: it needs a text-conditional model (condition.kind: "
+                         f"{model.kind})")
     count = n if cond is None else len(cond["text"] if isinstance(cond, dict) else cond)
     images = generate(model, count, cond, guidance=guidance, **options)
     labels_out = cond.get("labels") if isinstance(cond, dict) else cond
     by_class = isinstance(cond, Tensor) and (labels is None or (isinstance(labels, str) and labels == "all"))
-    return Generated(images, labels_out, list(cond["text"]) if isinstance(cond, dict) else None, per_row, by_class)
+    return Generated(images, labels_out, list(cond["text"]) if isinstance(cond, dict) else None, per_row, by_class,
+                     model.classes)

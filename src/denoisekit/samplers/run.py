@@ -20,7 +20,7 @@ from ..schedules import check_sigmas, get_sigmas
 
 #: The defaults of :func:`sample`, and of every caller that has none of its own (a run's ``sample`` config
 #: section, :func:`denoisekit.generation.generate`, the benchmarks): one choice, stated once.
-DEFAULT_SAMPLER, DEFAULT_NFE, DEFAULT_SCHEDULE = "dpmpp_2m", 10, "log_snr"
+DEFAULT_SAMPLER, DEFAULT_NFE, DEFAULT_SCHEDULE = "dpmpp_2m", 10, "auto"
 #: Arguments of the sampler contract, not options.
 CONTRACT = ("denoiser", "x", "sigmas", "cond", "generator", "callback")
 #: Options that scale added noise or churn, or bound where it is added: a negative value has no meaning.
@@ -119,8 +119,10 @@ def sample(denoiser: Denoiser, shape: Sequence[int], *, sampler: str = DEFAULT_S
     """Draw ``shape`` samples ``(B, ...)``: the process's prior at ``sigmas[0]`` (or ``x_init``, a VE-frame
     start point there), then ``sampler``.
 
-    The default grid (:data:`DEFAULT_SCHEDULE`) is uniform in log-SNR, DPM-Solver's choice (Lu et al. 2022,
-    Sec. 3.3). On the exact Gaussian-mixture oracle, DPM-Solver++(2M)'s mean endpoint error is 40-50% lower
+    The default grid (:data:`DEFAULT_SCHEDULE`, ``auto``: :func:`~denoisekit.schedules.default_schedule`) is
+    uniform in log-SNR, DPM-Solver's choice (Lu et al. 2022, Sec. 3.3), for processes whose noise ends at a
+    finite level, and uniform in t for those with zero terminal SNR (flow, cosine, sigmoid), where the log-SNR
+    range runs to the cap. On the exact Gaussian-mixture oracle, DPM-Solver++(2M)'s mean endpoint error is 40-50% lower
     than on Karras' grid at 5-10 NFE for DDPM's process (there Karras' rho = 7 spends half its steps above
     sigma = 10), and lower at 10 NFE for EDM's; Karras' grid stays the better one for Euler and Heun on EDM's
     process, and the EDM presets name it. ``sigmas`` overrides ``schedule``/``nfe`` (e.g. an optimised

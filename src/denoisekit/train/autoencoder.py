@@ -98,9 +98,10 @@ def train_autoencoder(config: AutoencoderTrainConfig | str | os.PathLike[str], o
 
 
 def run_train_autoencoder(config_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-                          overrides: Sequence[str] = (), resume: bool = False) -> int:
-    """``denoisekit train-autoencoder CONFIG --out DIR [--set k=v] [--resume]``: train, print the metrics."""
-    out = train_autoencoder(config_path, out_dir, overrides=overrides, resume=resume)
+                          overrides: Sequence[str] = (), resume: bool = False, progress: bool = True) -> int:
+    """``denoisekit train-autoencoder CONFIG --out DIR [--set k=v] [--resume]``: train, print the metrics;
+    ``progress``: bars and notes (``--quiet``: off)."""
+    out = train_autoencoder(config_path, out_dir, overrides=overrides, resume=resume, progress=progress)
     if (out / METRICS).is_file():
         m = json.loads((out / METRICS).read_text())
         parts = [f"{k} {m[k]:.4g}" for k in ("psnr", "psnr_mean_image", "rfid", "rfid_floor", "scale_factor")

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .._utils import check_choice, lookup
-from ..data.toy2d import DATASETS, sample_toy2d
+from ..data.toy2d import DATASETS, POINTS_SUFFIXES, is_points_file, read_points, sample_toy2d
 from ..losses import DiffusionLoss
 from ..models import MODELS
 from ..prediction import PREDICTIONS, Denoiser
@@ -36,6 +36,8 @@ from ..engine.checkpoint import load_weights
 from ..io import load_json, load_tensors, save_tensors, write_atomic
 
 CONFIG_FILE, WEIGHTS_FILE, LOSS_FILE = "config.json", "model.safetensors", "loss.csv"
+#: A run trained on a points file keeps its own copy: what it trained on, whatever happens to the file later.
+POINTS_FILE = "points.npy"
 FORMAT = "denoisekit.toy2d/1"
 #: Held-out sets are drawn with seeds ``seed + k * HELD_OUT_OFFSET``, k >= 1 (training uses ``seed``).
 HELD_OUT_OFFSET = 1_000_003
@@ -70,7 +72,9 @@ class Toy2DConfig:
     save_every: int = 0  # 0: only at the end
 
     def __post_init__(self) -> None:
-        check_choice("dataset", self.data, DATASETS)
+        if not is_points_file(self.data) and self.data not in DATASETS:
+            raise ValueError(f"unknown dataset {self.data!r}; allowed: {', '.join(DATASETS)}, or a points file "
+                             f"({', '.join(POINTS_SUFFIXES)})")
         check_choice("process", self.process, PROCESSES)
         check_choice("prediction", self.prediction, PREDICTIONS)
         check_choice("time_input", self.time_input, ("model", "t", "log_sigma"))
@@ -168,12 +172,27 @@ def load_run(run_dir: str | os.PathLike[str]) -> tuple[Denoiser, Toy2DConfig]:
     return denoiser.eval().requires_grad_(False), config
 
 
-def held_out(config: Toy2DConfig, n: int, draw: int = 0) -> Tensor:
+def training_points(config: Toy2DConfig, run_dir: str | os.PathLike[str] | None = None) -> Tensor:
+    """The run's training set: ``n_train`` points of a built-in dataset drawn with ``seed``, or every point of
+    its points file (the run's own copy, :data:`POINTS_FILE`, once it has one)."""
+    if not is_points_file(config.data):
+        return sample_toy2d(config.data, config.n_train, config.seed)
+    copy = Path(config.out if run_dir is None else run_dir) / POINTS_FILE
+    return read_points(copy if copy.is_file() else config.data)
+
+
+def held_out(config: Toy2DConfig, n: int, draw: int = 0, run_dir: str | os.PathLike[str] | None = None) -> Tensor:
     """``n`` fresh points of the run's dataset, independent of its training set; each ``draw``
-    (0, 1, 2, ...) is another independent set (draws >= 1 give the data-vs-data reference)."""
+    (0, 1, 2, ...) is another independent set (draws >= 1 give the data-vs-data reference). A points file has
+    no fresh points: each draw is a seeded subset of ``min(n, N)`` of its points (the course's reference, the
+    data itself), so the data-vs-data reference of overlapping subsets is a lower floor."""
     if draw < 0:
         raise ValueError(f"draw must be >= 0, got {draw}")
-    return sample_toy2d(config.data, n, config.seed + HELD_OUT_OFFSET * (draw + 1))
+    seed = config.seed + HELD_OUT_OFFSET * (draw + 1)
+    if not is_points_file(config.data):
+        return sample_toy2d(config.data, n, seed)
+    points = training_points(config, run_dir)
+    return points[torch.randperm(len(points), generator=torch.Generator().manual_seed(seed))[:n]]
 
 
 def final_loss(run_dir: str | os.PathLike[str]) -> float:

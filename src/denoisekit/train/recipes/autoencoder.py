@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ...engine.recipe import OptimizerSpec, Recipe
-from ...engine.runlog import save_image_grid
+from ...eval.plotting import save_grid
 from ...io import write_text_atomic
 from ...models.autoencoder import Autoencoder, compute_latent_scale
 from ...models.discriminator import PatchDiscriminator, disc_factor, hinge_d_loss, hinge_g_loss
@@ -180,10 +180,12 @@ class AutoencoderRecipe(Recipe):
             ref = train_x[:len(held)] if len(train_x) >= len(held) else None
             metrics.update(evaluate_autoencoder(ae, held, feature_net=net, feature_desc=desc, reference=ref,
                                                 mean_image=train_x.mean(0, keepdim=True),
-                                                batch_size=c.eval.batch_size))
+                                                batch_size=c.eval.batch_size,
+                                                progress=engine.progress and engine.main))
             metrics.setdefault("feature_network", desc)
             shown = held[:8]
-            save_image_grid(torch.cat([shown, reconstruct(ae, shown)]), out / "reconstructions.png", len(shown))
+            save_grid([shown, reconstruct(ae, shown)], out / "reconstructions.png", labels=["held-out", "reconstructed"],
+                      aligned=True, columns=len(shown))
         write_text_atomic(out / METRICS, json.dumps(metrics, indent=1) + "\n")
         return metrics
 

@@ -27,7 +27,7 @@ from ..config import Config, config_to_dict, load_config
 from ..latent import check_latent_resume, latent_dataset
 from ...engine.lineage import run_checkpoint
 from ...engine.recipe import Dependency, EMASpec, Recipe
-from ...engine.runlog import save_image_grid
+from ...eval.plotting import save_grid
 
 if TYPE_CHECKING:
     from ...engine.loop import Engine
@@ -176,11 +176,12 @@ class DiffusionRecipe(Recipe):
         s = self.config.sample  # the condition kind lays out the grid (rows of classes, prompts, inputs)
         view = self.condition.preview(s.n, self.dataset, engine.device, seed=s.seed, prompts=s.prompts)
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            x = view.grid(generate(self.loaded_model(engine), view.n, view.cond, device=engine.device))
+            rows = view.rows(generate(self.loaded_model(engine), view.n, view.cond, device=engine.device))
         path = engine.out / SAMPLES / f"step_{engine.step:08d}.png"
         path.parent.mkdir(exist_ok=True)
-        save_image_grid(x, path, view.nrow)
-        save_image_grid(x, engine.out / "samples.png", view.nrow)
+        labels = list(view.row_labels) if len(view.row_labels) == len(rows) else None
+        for target in (path, engine.out / "samples.png"):
+            save_grid(rows, target, labels=labels, columns=view.nrow)
         return path
 
     def loaded_model(self, engine: Engine) -> LoadedModel:

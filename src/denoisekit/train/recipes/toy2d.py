@@ -11,6 +11,7 @@ constant learning rate, gradient clipping, and the "warmup" EMA (decay ``min(dec
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -22,14 +23,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ...data.toy2d import sample_toy2d
+from ...data.toy2d import is_points_file, read_points, save_points
 from ...engine.loop import Engine
 from ...engine.recipe import EMASpec, Recipe
 from ...io import write_text_atomic
 from ...options import plain, read_config_file
 from ...prediction import Denoiser
 from ..config import OptimConfig, TrainConfig
-from ..toy2d import CONFIG_FILE, FORMAT, LOSS_FILE, WEIGHTS_FILE, Toy2DConfig, build_denoiser, save_weights
+from ..toy2d import (CONFIG_FILE, FORMAT, LOSS_FILE, POINTS_FILE, WEIGHTS_FILE, Toy2DConfig, build_denoiser,
+                     save_weights, training_points)
 from .zoo import DataSection, EngineSections
 
 
@@ -67,7 +69,7 @@ class Toy2DRecipe(Recipe):
         return read_config_file(path, (), lambda raw, _: dict(raw))
 
     def build_dataset(self) -> Tensor:
-        return sample_toy2d(self.toy.data, self.toy.n_train, self.toy.seed)  # (n_train, 2): item i is point i
+        return training_points(self.toy)  # (N, 2): item i is point i
 
     def collate(self, items: Sequence[Tensor]) -> Tensor:
         return torch.stack(list(items))
@@ -111,8 +113,12 @@ class Toy2DRecipe(Recipe):
         write_text_atomic(out / LOSS_FILE, buf.getvalue())
 
 
-def train_toy2d(config: Toy2DConfig, *, progress: bool = True) -> Path:
+def train_toy2d(config: Toy2DConfig, *, points: Tensor | None = None, progress: bool = True) -> Path:
     """Train per ``config`` and return the run directory ``config.out``.
+
+    ``config.data`` is a built-in dataset or a points file (``.npy``/``.npz``/``.csv``, ``(N, 2)``); or
+    ``points``, an ``(N, 2)`` tensor, trains on those (the run records them as its points file). Either way
+    the run keeps its own copy of the points (:data:`~denoisekit.train.toy2d.POINTS_FILE`).
 
     AdamW with linear warmup to a constant learning rate, gradient clipping, and an EMA of the
     weights (:class:`~denoisekit.engine.ema.EMA`, "warmup" profile: decay
@@ -121,7 +127,16 @@ def train_toy2d(config: Toy2DConfig, *, progress: bool = True) -> Path:
     deterministic given ``config.seed``.
     """
     out = Path(config.out)
+    if points is not None:
+        pts = torch.as_tensor(points).detach().cpu().float()
+        if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 2 or not torch.isfinite(pts).all():
+            raise ValueError(f"points must be a finite (N, 2) tensor with N >= 2, got shape {tuple(pts.shape)}")
+        config = dataclasses.replace(config, data=str(out / POINTS_FILE))
+    elif is_points_file(config.data):
+        pts = read_points(config.data)  # a bad file is one line before anything is written
     out.mkdir(parents=True, exist_ok=True)
+    if points is not None or is_points_file(config.data):
+        save_points(out / POINTS_FILE, pts)
     write_text_atomic(out / CONFIG_FILE, json.dumps(config.to_dict(), indent=2) + "\n")
     with tempfile.TemporaryDirectory(prefix="denoisekit-toy2d-") as tmp:  # checkpoints, log.csv: not kept
         Engine(Toy2DRecipe(config), tmp, progress=progress).fit()
