@@ -51,6 +51,7 @@ def course_swiss_roll(n: int, seed: int) -> torch.Tensor:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--n-train", type=int, default=100_000)
     p.add_argument("--model", default="{}", help="MLP config overrides as JSON, e.g. '{\"hidden\": 256}'")
@@ -60,7 +61,7 @@ def main() -> int:
     rows: dict[str, list[float]] = {name: [] for name, *_ in SETTINGS}
     floors, seconds = [], {"ddpm": 0.0, "flow": 0.0}
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             data = Path(tmp) / f"roll-{seed}.npy"
             save_points(data, course_swiss_roll(args.n_train, seed))
             target = course_swiss_roll(2048, 10_000 + seed)
