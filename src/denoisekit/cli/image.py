@@ -18,6 +18,7 @@ from ..generation.generate import FILE_PREFIX
 from ..options import check_not_file
 from ..samplers import SAMPLERS
 from ..schedules import SCHEDULES
+from ..io import write_text_atomic
 from .common import THREADS_HELP, UsageError, add_device, key_values, positive_int, resolve_device, say, threads
 
 #: ``--weights`` of the commands that load a run.
@@ -464,7 +465,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         metrics["clip"] = eval_clip(args.samples, args.clip)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n")
+        write_text_atomic(args.json, json.dumps(metrics, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
 
@@ -527,7 +528,7 @@ disjoint halves of the reference ({m.get('ref', '?')}), as many images each as t
 |---|---|---|
 {table}
 """
-    (run / "report.md").write_text(text)
+    write_text_atomic(run / "report.md", text)
     print(f"wrote {run / 'report.md'}")
     return 0
 

@@ -17,6 +17,7 @@ from ..models import MODELS
 from ..prediction import PREDICTIONS
 from ..process import PROCESSES
 from ..schedules import SCHEDULES, default_schedule
+from ..io import write_text_atomic
 from .common import (PROG, UsageError, add_device, is_main_process, key_values, positive_int, resolve_device, say,
                      threads)
 
@@ -199,7 +200,7 @@ def _sample2d(args: argparse.Namespace) -> int:
     save_scatter(x, ref, out, title=f"{config.data}: {args.sampler}, {args.nfe} NFE ({schedule})",
                  metrics=caption)
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    write_text_atomic(metrics_path, json.dumps(metrics, indent=2) + "\n")
     written = [str(out), str(metrics_path)]
     if args.gif:
         Path(args.gif).parent.mkdir(parents=True, exist_ok=True)
