@@ -159,7 +159,46 @@ def _affine(space: str, sigma: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
 # Classifier guidance
 
 
-class ClassifierGuidance(DenoiserWrapper):
+class GradientGuidance(DenoiserWrapper):
+    """``x0 = x0(y) + s sigma^2 grad_y log r(c | y, sigma)``: the Tweedie correction that classifier and CLIP
+    guidance share. Subclasses say what a batch is guided toward (:meth:`target`, from ``cond``), the
+    per-sample ``log r`` (:meth:`log_ratio`, ``(B,)``) and what the wrapped denoiser gets when it does not
+    take that condition (:meth:`without_target`). ``conditional``: the wrapped denoiser takes it too (both
+    guidances then add). The gradient is computed with autograd enabled locally, so sampling under
+    ``torch.no_grad()`` works."""
+
+    def __init__(self, denoiser: DenoiserFn, scale: float, *, conditional: bool):
+        super().__init__(denoiser, require_process=False)
+        if not math.isfinite(scale):
+            raise ValueError(f"guidance scale must be finite, got {scale}")
+        self.scale, self.conditional = float(scale), conditional
+
+    def target(self, cond: Any, batch: int) -> Any:
+        raise NotImplementedError
+
+    def log_ratio(self, y: Tensor, sigma: Tensor, target: Any) -> Tensor:
+        raise NotImplementedError
+
+    def without_target(self, cond: Any) -> Any:
+        raise NotImplementedError
+
+    def grad(self, y: Tensor, sigma: Tensor, target: Any) -> Tensor:
+        """``grad_y log r(target | y, sigma)`` per sample, shape of ``y``."""
+        with torch.enable_grad():
+            y_in = y.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.log_ratio(y_in, sigma, target).sum(), y_in)
+        return grad
+
+    def forward(self, y: Tensor, sigma: Tensor | float, cond: Any = None) -> Tensor:
+        target = self.target(cond, y.shape[0])
+        s = as_batch(sigma, y)
+        x0 = self.inner(y, sigma, cond if self.conditional else self.without_target(cond))
+        if self.scale == 0:
+            return x0
+        return x0 + self.scale * append_dims(s**2, y.ndim).to(x0) * self.grad(y, s, target).to(x0)
+
+
+class ClassifierGuidance(GradientGuidance):
     """``x0 = x0(y) + s sigma^2 grad_y log p(c | y, sigma)``: Dhariwal & Nichol 2021, Algorithm 2, in the
     VE frame.
 
@@ -168,8 +207,7 @@ class ClassifierGuidance(DenoiserWrapper):
     the class-conditional denoiser. (Their ``eps - sqrt(1 - alpha_bar) s grad_x log p`` is this: ``x0 =
     y - sigma eps`` and ``grad_x = grad_y / alpha``.) ``classifier(y, sigma) -> logits (B, K)`` is a
     noisy classifier in the VE frame (e.g. :class:`~denoisekit.models.classifier.NoisyClassifier`);
-    labels come from ``cond`` (a label tensor or ``cond["labels"]``). The gradient is computed with
-    autograd enabled locally, so sampling under ``torch.no_grad()`` works.
+    labels come from ``cond`` (a label tensor or ``cond["labels"]``).
 
     ``conditional``: the wrapped denoiser takes the labels too (a class-conditional model, or a
     :class:`ClassifierFreeGuidance` around one: both guidances then add); otherwise the labels are
@@ -177,43 +215,35 @@ class ClassifierGuidance(DenoiserWrapper):
     """
 
     def __init__(self, denoiser: DenoiserFn, classifier: Classifier, scale: float, *, conditional: bool = False):
-        super().__init__(denoiser, require_process=False)
-        if not math.isfinite(scale):
-            raise ValueError(f"guidance scale must be finite, got {scale}")
-        self.classifier, self.scale, self.conditional = classifier, float(scale), conditional
+        super().__init__(denoiser, scale, conditional=conditional)
+        self.classifier = classifier
 
-    def log_prob_grad(self, y: Tensor, sigma: Tensor, labels: Tensor) -> Tensor:
-        """``grad_y log p(labels | y, sigma)`` per sample, shape of ``y``."""
-        with torch.enable_grad():
-            y_in = y.detach().requires_grad_(True)
-            logits = self.classifier(y_in, sigma)
-            if logits.ndim != 2 or logits.shape[0] != y.shape[0]:
-                raise ValueError(f"classifier must return ({y.shape[0]}, K) logits, got shape {tuple(logits.shape)}")
-            k = logits.shape[1]
-            if bool(((labels < 0) | (labels >= k)).any()):
-                bad = sorted(set(labels[(labels < 0) | (labels >= k)].tolist()))
-                raise ValueError(f"labels must be in 0..{k - 1} for a {k}-class classifier, got {bad}")
-            log_p = torch.log_softmax(logits, dim=1).gather(1, labels.to(logits.device)[:, None])
-            (grad,) = torch.autograd.grad(log_p.sum(), y_in)
-        return grad
-
-    def forward(self, y: Tensor, sigma: Tensor | float, cond: Any = None) -> Tensor:
+    def target(self, cond: Any, batch: int) -> Tensor:
         labels = labels_of(cond)
-        if labels.shape != (y.shape[0],):
-            raise ValueError(f"expected ({y.shape[0]},) class labels, got shape {tuple(labels.shape)}")
-        s = as_batch(sigma, y)
-        x0 = self.inner(y, sigma, cond if self.conditional else without_labels(cond))
-        if self.scale == 0:
-            return x0
-        grad = self.log_prob_grad(y, s, labels)
-        return x0 + self.scale * append_dims(s**2, y.ndim).to(x0) * grad.to(x0)
+        if labels.shape != (batch,):
+            raise ValueError(f"expected ({batch},) class labels, got shape {tuple(labels.shape)}")
+        return labels
+
+    def without_target(self, cond: Any) -> Any:
+        return without_labels(cond)
+
+    def log_ratio(self, y: Tensor, sigma: Tensor, labels: Tensor) -> Tensor:
+        """``log p(labels | y, sigma)`` per sample."""
+        logits = self.classifier(y, sigma)
+        if logits.ndim != 2 or logits.shape[0] != y.shape[0]:
+            raise ValueError(f"classifier must return ({y.shape[0]}, K) logits, got shape {tuple(logits.shape)}")
+        k = logits.shape[1]
+        if bool(((labels < 0) | (labels >= k)).any()):
+            bad = sorted(set(labels[(labels < 0) | (labels >= k)].tolist()))
+            raise ValueError(f"labels must be in 0..{k - 1} for a {k}-class classifier, got {bad}")
+        return torch.log_softmax(logits, dim=1).gather(1, labels.to(logits.device)[:, None])[:, 0]
 
 
 #: ``energy(y, sigma, prompts) -> (B,)`` image-text similarity of VE-frame ``y`` at ``sigma`` (a noise-aware CLIP).
 TextEnergy = Callable[[Tensor, Tensor, list[str]], Tensor]
 
 
-class CLIPGuidance(DenoiserWrapper):
+class CLIPGuidance(GradientGuidance):
     """``x0 = x0(y) + s sigma^2 grad_y E(y, sigma, c)``: CLIP guidance (Nichol et al. 2022, "GLIDE", Sec. 2.4) in
     the VE frame.
 
@@ -227,29 +257,21 @@ class CLIPGuidance(DenoiserWrapper):
     """
 
     def __init__(self, denoiser: DenoiserFn, energy: TextEnergy, scale: float, *, conditional: bool = True):
-        super().__init__(denoiser, require_process=False)
-        if not math.isfinite(scale):
-            raise ValueError(f"guidance scale must be finite, got {scale}")
-        self.energy, self.scale, self.conditional = energy, float(scale), conditional
+        super().__init__(denoiser, scale, conditional=conditional)
+        self.energy = energy
 
-    def energy_grad(self, y: Tensor, sigma: Tensor, prompts: list[str]) -> Tensor:
-        """``grad_y E(y, sigma, prompts)`` per sample, shape of ``y``."""
-        with torch.enable_grad():
-            y_in = y.detach().requires_grad_(True)
-            e = self.energy(y_in, sigma, prompts)
-            if e.shape != (y.shape[0],):
-                raise ValueError(f"energy must return ({y.shape[0]},) similarities, got shape {tuple(e.shape)}")
-            (grad,) = torch.autograd.grad(e.sum(), y_in)
-        return grad
-
-    def forward(self, y: Tensor, sigma: Tensor | float, cond: Any = None) -> Tensor:
+    def target(self, cond: Any, batch: int) -> list[str]:
         prompts = cond.get("text") if isinstance(cond, Mapping) else None
-        if prompts is None or len(prompts) != y.shape[0]:
-            raise ValueError(f"CLIP guidance needs cond['text'] with {y.shape[0]} prompts")
-        s = as_batch(sigma, y)
-        inner = cond if self.conditional else ({k: v for k, v in cond.items() if k != "text"} or None)
-        x0 = self.inner(y, sigma, inner)
-        if self.scale == 0:
-            return x0
-        grad = self.energy_grad(y, s, list(prompts))
-        return x0 + self.scale * append_dims(s**2, y.ndim).to(x0) * grad.to(x0)
+        if prompts is None or len(prompts) != batch:
+            raise ValueError(f"CLIP guidance needs cond['text'] with {batch} prompts")
+        return list(prompts)
+
+    def without_target(self, cond: Any) -> Any:
+        return {k: v for k, v in cond.items() if k != "text"} or None
+
+    def log_ratio(self, y: Tensor, sigma: Tensor, prompts: list[str]) -> Tensor:
+        """The energy ``E(y, sigma, prompts)`` per sample."""
+        e = self.energy(y, sigma, prompts)
+        if e.shape != (y.shape[0],):
+            raise ValueError(f"energy must return ({y.shape[0]},) similarities, got shape {tuple(e.shape)}")
+        return e
