@@ -14,6 +14,7 @@ saves itself as a labelled grid, an npz or one PNG per image::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -80,8 +81,7 @@ class Run:
             out = generate_images(self.model, n or self.model.defaults.n, labels=label, prompts=prompts,
                                   negative_prompt=negative_prompt, cfg_scale=cfg, sampler=sampler, nfe=nfe,
                                   seed=seed, batch_size=batch_size, progress=progress, **options)
-        return Generated(out.images.clamp(-1, 1), out.labels, out.prompts, out.per_row, out.by_class,
-                         out.class_names)
+        return dataclasses.replace(out, images=out.images.clamp(-1, 1))
 
 
     def restore(self, source: Any, *, seed: int = 0, **options: Any) -> torch.Tensor:

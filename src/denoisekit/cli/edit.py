@@ -143,22 +143,18 @@ def read_mask(path_text: str, n: int, shape: tuple[int, ...]) -> torch.Tensor:
     return m
 
 
-def _write(out: Path, rows: list[torch.Tensor], labels: list[str], **arrays: Any) -> None:
-    from ..data.transforms import tensor_to_uint8
+def _write(out: Path, rows: list[torch.Tensor], labels: list[str]) -> None:
+    """Aligned labelled rows as a PNG grid, or an .npz with one uint8 array per row (named by its label's first
+    word)."""
     from ..eval.plotting import save_grid
-    from ..io import write_atomic
+    from ..pipelines.output import save_npz
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    rows = [r.clamp(-1, 1) for r in rows]
     if out.suffix.lower() == ".png":
-        save_grid([r.clamp(-1, 1) for r in rows], out, labels=labels, aligned=True)
-        return
-    data = {label.split(" ")[0]: tensor_to_uint8(r.clamp(-1, 1)) for label, r in zip(labels, rows)}
-
-    def save(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **data, **arrays)
-
-    write_atomic(out, save)
+        save_grid(rows, out, labels=labels, aligned=True)
+    else:
+        save_npz(out, **{label.split(" ")[0]: r for label, r in zip(labels, rows)})
 
 
 # -------------------------------------------------------------------------------------------- edit
