@@ -158,3 +158,18 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def npz_images(flag: str, name: str, key: str, arrays: dict[str, Any]) -> torch.Tensor:
+    """``arrays[key]``, uint8 ``(N, H, W[, C])`` images of an .npz given as ``flag``, as ``(N, C, H, W)`` in
+    ``[-1, 1]``; a missing key or another dtype or shape is a :class:`UsageError` naming the file."""
+    import numpy as np
+
+    from ..data.transforms import uint8_to_tensor
+
+    if key not in arrays:
+        raise UsageError(f"{flag} {name}: expected an {key!r} array, found {', '.join(sorted(arrays)) or 'none'}")
+    a = arrays[key]
+    if a.dtype != np.uint8 or a.ndim not in (3, 4):
+        raise UsageError(f"{flag} {name}: {key!r} must be uint8 (N, H, W[, C]), got {a.dtype} {a.shape}")
+    return torch.stack([uint8_to_tensor(im) for im in a])

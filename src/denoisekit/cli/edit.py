@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .common import THREADS_HELP, UsageError, add_device, positive_int, resolve_device, threads
+from .common import THREADS_HELP, UsageError, add_device, npz_images, positive_int, resolve_device, threads
 
 #: ``--weights`` of the commands that load a run.
 WEIGHTS_HELP = "ema: the EMA of the weights (default), model: the raw trained weights"
@@ -84,17 +84,6 @@ def _pixel_shape(model: Any) -> tuple[int, int, int]:
     return tuple(decode(model.decoder, torch.zeros(1, *model.image_shape)).shape[1:])
 
 
-def _array_images(path: Path, key: str, arrays: dict[str, np.ndarray]) -> torch.Tensor:
-    from ..data.transforms import uint8_to_tensor
-
-    if key not in arrays:
-        raise UsageError(f"--input {path.name}: expected an {key!r} array, found {', '.join(sorted(arrays)) or 'none'}")
-    a = arrays[key]
-    if a.dtype != np.uint8 or a.ndim not in (3, 4):
-        raise UsageError(f"--input {path.name}: {key!r} must be uint8 (N, H, W[, C]), got {a.dtype} {a.shape}")
-    return torch.stack([uint8_to_tensor(im) for im in a])
-
-
 def read_images(path_text: str, channels: int, flag: str = "--input") -> torch.Tensor:
     """``(N, C, H, W)`` in ``[-1, 1]`` from an image file or an .npz ``images`` array, with ``channels``."""
     from ..data.folder import load_image
@@ -104,7 +93,7 @@ def read_images(path_text: str, channels: int, flag: str = "--input") -> torch.T
         raise UsageError(f"{flag} {str(path)!r} does not exist")
     if path.suffix.lower() == ".npz":
         with np.load(path) as f:
-            x = _array_images(path, "images", {k: f[k] for k in f.files})
+            x = npz_images("--input", path.name, "images", {k: f[k] for k in f.files})
         if x.shape[1] != channels:
             x = x.mean(1, keepdim=True) if channels == 1 else x.expand(-1, channels, -1, -1)
         return x

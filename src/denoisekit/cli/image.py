@@ -19,7 +19,8 @@ from ..options import check_not_file
 from ..samplers import SAMPLERS
 from ..schedules import SCHEDULES
 from ..io import write_text_atomic
-from .common import THREADS_HELP, UsageError, add_device, key_values, positive_int, resolve_device, say, threads
+from .common import (THREADS_HELP, UsageError, add_device, key_values, npz_images, positive_int, resolve_device, say,
+                     threads)
 
 #: ``--weights`` of the commands that load a run.
 WEIGHTS_HELP = "ema: the EMA of the weights (default; what previews show), model: the raw trained weights"
@@ -207,7 +208,6 @@ def _read_source(path: Path, conditioner: Any, n: int | None, gens: list[torch.G
     inputs as given, or clean images degraded here with ``gens`` (one per image, or more); an .npz with both
     'images' and 'source' gives its 'images' (``note`` says so)."""
     from ..data.folder import load_image
-    from ..data.transforms import uint8_to_tensor
 
     if not path.is_file():
         raise UsageError(f"--source {str(path)!r} does not exist")
@@ -225,10 +225,7 @@ def _read_source(path: Path, conditioner: Any, n: int | None, gens: list[torch.G
         arrays = {k: f[k] for k in f.files}
 
     def tensor(key: str) -> torch.Tensor:
-        a = arrays[key][:n]
-        if a.dtype != np.uint8 or a.ndim not in (3, 4):
-            raise UsageError(f"--source {path.name}: {key!r} must be uint8 (N, H, W[, C]), got {a.dtype} {a.shape}")
-        return torch.stack([uint8_to_tensor(im) for im in a])
+        return npz_images("--source", path.name, key, {key: arrays[key][:n]})
 
     if "images" in arrays and "source" in arrays:
         note(f"note: --source {path.name} has 'images' and 'source': using 'images' (the restored output of a "
