@@ -23,16 +23,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._utils import GeneratorLike, randn, randn_like
+from .._utils import GeneratorLike, as_batch, randn, randn_like
 from ..data.operators import LinearOperator
 from ..denoiser import DenoiserFn, DenoiserWrapper
 from ..samplers import sample_euler
 from ..schedules import get_sigmas_karras
-
-
-def _batch(sigma: Tensor | float, y: Tensor) -> Tensor:
-    s = torch.as_tensor(sigma, dtype=y.dtype, device=y.device).flatten()
-    return s.expand(y.shape[0]) if s.numel() == 1 else s
 
 
 class DPS(DenoiserWrapper):
@@ -71,7 +66,7 @@ class DiffPIR(DenoiserWrapper):
 
     def forward(self, y: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
         x0 = self.inner(y, sigma, cond)
-        rho = self.lam * self.sigma_y**2 / _batch(sigma, y).clamp(min=1e-12) ** 2
+        rho = self.lam * self.sigma_y**2 / as_batch(sigma, y).to(y.dtype).clamp(min=1e-12) ** 2
         return self.operator.prox(x0, self.measurement.to(x0), rho)
 
 
