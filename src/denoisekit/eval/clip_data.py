@@ -34,25 +34,17 @@ from .alignment import ATTRIBUTE_COUNT_WEIGHTS, rendered_shapes
 TRAIN_SEED, HELDOUT_SEED = 3_000_017, 4_000_037
 
 _MEMO: dict[tuple[str, int], Tensor] = {}
-_TOKENIZER: list[Any] = []
-
-
-def _tokenizer() -> Any:
-    if not _TOKENIZER:
-        from transformers import AutoTokenizer
-
-        from ..models.text import minilm_model_dir
-
-        _TOKENIZER.append(AutoTokenizer.from_pretrained(str(minilm_model_dir()), local_files_only=True))
-    return _TOKENIZER[0]
 
 
 def warn_long_prompts(prompts: Sequence[str], max_tokens: int) -> None:
     """A warning naming each distinct prompt with more than ``max_tokens`` MiniLM tokens (it is cut)."""
-    lengths = _tokenizer()(list(dict.fromkeys(prompts)), truncation=False)["input_ids"]
-    for p, ids in zip(dict.fromkeys(prompts), lengths):
-        if len(ids) > max_tokens:
-            warnings.warn(f"prompt {p!r} has {len(ids)} tokens, more than the CLIP text tower's max_tokens="
+    from ..models.text import get_text_encoder
+
+    distinct = list(dict.fromkeys(prompts))
+    counts = get_text_encoder("minilm", max_tokens=max_tokens, cache_size=0).token_counts(distinct)
+    for p, count in zip(distinct, counts):
+        if count > max_tokens:
+            warnings.warn(f"prompt {p!r} has {count} tokens, more than the CLIP text tower's max_tokens="
                           f"{max_tokens}; it is truncated", stacklevel=3)
 
 

@@ -167,6 +167,11 @@ class MiniLMEncoder:
             model = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True)
         self._model = model.to(self.device, torch.float32).eval().requires_grad_(False)
 
+    def token_counts(self, prompts: Sequence[str]) -> list[int]:
+        """Each prompt's token count before the cut to ``max_tokens`` (``[CLS]`` and ``[SEP]`` included)."""
+        self.load()
+        return [len(ids) for ids in self._tokenizer(list(prompts), truncation=False)["input_ids"]]
+
     def token_ids(self, prompts: Sequence[str]) -> list[list[int]]:
         """``[CLS] word-pieces [SEP]`` ids of each prompt, cut to ``max_tokens`` (see the class docstring)."""
         self.load()
