@@ -86,3 +86,24 @@ def test_bad_names_and_arguments():
         DiscreteDDPM(beta_schedule="quadratic")
     with pytest.raises(ValueError):
         get_process("ve", sigma_min=5.0, sigma_max=1.0)
+
+
+def test_flow_sigma_min_is_lipmans_ot_path():
+    """``flow(sigma_min=s)`` is the optimal-transport path of Lipman et al. 2022 (eq. 20, time reversed):
+    x_t = (1 - t) x0 + (s + (1 - s) t) eps, velocity target (1 - s) eps - x0 (eq. 23); s = 0 is rectified flow."""
+    from denoisekit.prediction import Coefficients, prediction_target
+
+    plain, ot = get_process("flow"), get_process("flow", sigma_min=0.01)
+    t = torch.linspace(0, ot.t_max, 11, dtype=torch.float64)
+    assert torch.equal(plain.sigma(t), t) and plain.t_min == 1e-3
+    assert torch.allclose(ot.sigma(t), 0.01 + 0.99 * t) and torch.equal(ot.alpha(t), 1 - t)
+    assert ot.t_min == 0 and math.isclose(ot.sigma_min, 0.01)
+    assert torch.allclose(ot.t_from_sigma(ot.sigma_ve(t)), t, atol=1e-9)
+    assert float(ot.t_from_sigma(1e-3)) == 0.0  # below the floor: the path's start
+    x0, eps = torch.randn(2, 5, 3, dtype=torch.float64)
+    tt = torch.full((5,), 0.3, dtype=torch.float64)
+    target = prediction_target("flow", x0, eps, Coefficients(ot, tt))
+    assert torch.allclose(target, 0.99 * eps - x0)
+    for bad in (-0.1, 1.0, "0.1"):
+        with pytest.raises(ValueError, match="0 <= sigma_min < 1"):
+            get_process("flow", sigma_min=bad)

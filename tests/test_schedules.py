@@ -81,12 +81,12 @@ def test_explicit_and_errors():
 DEFAULT_GRID_TOLERANCE = 0.3
 
 
-def _default_grid_error(name: str, schedule: str = "auto") -> float:
+def _default_grid_error(name: str, schedule: str = "auto", **kwargs) -> float:
     from denoisekit import Denoiser, GaussianMixture, get_sampler
     from denoisekit.samplers.run import DEFAULT_NFE, DEFAULT_SAMPLER, steps_for_nfe
 
     gm = GaussianMixture.random(dim=2, components=8, seed=0, spread=2.0)
-    p = get_process(name)
+    p = get_process(name, **kwargs)
     prediction = "flow" if name == "flow" else "eps"
     den = Denoiser(gm.as_network(p, prediction), p, prediction=prediction)
     s = get_sigmas(p, schedule, steps_for_nfe(DEFAULT_SAMPLER, DEFAULT_NFE))
@@ -98,6 +98,11 @@ def _default_grid_error(name: str, schedule: str = "auto") -> float:
 @pytest.mark.parametrize("name", sorted(PROCESSES))
 def test_the_default_grid_reaches_the_exact_ode_solution_for_every_process(name):
     assert _default_grid_error(name) < DEFAULT_GRID_TOLERANCE
+
+
+def test_the_default_grid_serves_the_ot_flow_path():
+    """``flow(sigma_min=0.01)`` (Lipman et al.'s OT path) under the same default sampler, grid and tolerance."""
+    assert _default_grid_error("flow", sigma_min=0.01) < DEFAULT_GRID_TOLERANCE
 
 
 @pytest.mark.parametrize("name", ["flow", "vp_cosine", "vp_sigmoid"])

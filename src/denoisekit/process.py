@@ -324,20 +324,40 @@ class EDM(Process):
 
 
 class RectifiedFlow(Process):
-    """Rectified flow / flow matching (Liu et al. 2022; Lipman et al. 2022): alpha = 1 - t, sigma = t."""
+    """Rectified flow / flow matching (Liu et al. 2022; Lipman et al. 2022): alpha = 1 - t,
+    sigma = sigma_min + (1 - sigma_min) t.
+
+    ``sigma_min = 0`` (the default) is rectified flow's straight path between data (t = 0) and noise
+    (t = 1). ``sigma_min > 0`` is the optimal-transport conditional path of Lipman et al. 2022 (eq. 20,
+    OT-CFM as torchcfm calls it), written in this library's time direction: the path starts from the
+    data blurred by ``sigma_min`` and its velocity target is ``(1 - sigma_min) eps - x0`` (eq. 23). Its
+    lowest noise level is ``sigma_min`` itself, at t = 0.
+    """
 
     name = "flow"
-    t_min = 1e-3
     t_max = SIGMA_VE_CAP / (1 + SIGMA_VE_CAP)
+
+    def __init__(self, sigma_min: float = 0.0):
+        if not (isinstance(sigma_min, (int, float)) and 0 <= sigma_min < 1):
+            raise ValueError(f"flow needs 0 <= sigma_min < 1, got {sigma_min!r}")
+        self.sigma_floor = float(sigma_min)
+        # Without a floor t = 0 is noiseless (sigma_ve = 0, log-SNR infinite): schedules stop at 1e-3.
+        self.t_min = 0.0 if self.sigma_floor > 0 else 1e-3
 
     def alpha(self, t: Tensor | float) -> Tensor:
         return 1 - _f64(t)
 
     def sigma(self, t: Tensor | float) -> Tensor:
-        return _f64(t).clone()
+        if self.sigma_floor == 0:
+            return _f64(t).clone()  # bit-identical to the plain path
+        return self.sigma_floor + (1 - self.sigma_floor) * _f64(t)
 
     def t_from_log_snr(self, log_snr: Tensor | float) -> Tensor:
-        return torch.sigmoid(-0.5 * _f64(log_snr))  # sigma_ve / (1 + sigma_ve)
+        # sigma_ve = r solves r (1 - t) = s0 + (1 - s0) t: t = (r - s0) / (r + 1 - s0); below s0 it is t = 0.
+        if self.sigma_floor == 0:
+            return torch.sigmoid(-0.5 * _f64(log_snr))  # sigma_ve / (1 + sigma_ve)
+        r, s0 = torch.exp(-0.5 * _f64(log_snr)), self.sigma_floor
+        return ((r - s0) / (r + 1 - s0)).clamp(min=0.0)
 
 
 PROCESSES: dict[str, type[Process]] = {
