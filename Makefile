@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 RUN   ?= runs/moons
 DEMO  ?= runs/demo
 
-.PHONY: demo demo2d test test-fast bench install clean fonts peers clip
+.PHONY: demo demo2d test test-fast bench install clean fonts browser peers clip
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e ".[test,bench,text,emoji]"
+	$(PIP) install -q -e ".[test,bench,text,emoji,lora,ui]"
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -37,7 +37,7 @@ demo2d: $(STAMP)
 		--gif $(RUN)/trajectory.gif
 	@echo "2-D demo outputs: $(RUN)/samples.png, $(RUN)/trajectory.gif, $(RUN)/samples.json, $(RUN)/loss.csv"
 
-test: $(STAMP) fonts
+test: $(STAMP) fonts browser
 	$(BIN)/python -m pytest
 
 # The tests that train no network (under a minute on 2 cores); `make test` runs these and the slow ones.
@@ -49,6 +49,13 @@ fonts:
 	@dpkg -s fonts-noto-color-emoji >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
 		(apt-get install -y -q fonts-noto-color-emoji || (apt-get update -q && apt-get install -y -q fonts-noto-color-emoji)) \
 		|| echo "note: fonts-noto-color-emoji not installed (sudo apt-get install fonts-noto-color-emoji): emoji tests skip"; }
+
+# The UI's browser tests drive Debian's chromium through Playwright (never a browser download); needs root,
+# else those tests skip with a hint.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+		(apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium)) \
+		|| echo "note: chromium not installed (sudo apt-get install chromium): the UI's browser tests skip"; }
 
 # The project's CLIP (denoisekit.eval.clip: CLIP score, R-precision) and its noise-aware twin (CLIP guidance),
 # trained once into the cache (measured: 7 + 11 minutes wall on a shared 2-core machine under load 7-9, one

@@ -5,7 +5,8 @@ noise-conditional classifier (:mod:`denoisekit.train.classifier`), the baselines
 
 from .diffusion import DiffusionRecipe
 from .distill import DistillRecipe
+from .progressive import ProgressiveRecipe
 
-RECIPES: dict[str, type] = {"diffusion": DiffusionRecipe, "distill": DistillRecipe}
+RECIPES: dict[str, type] = {"diffusion": DiffusionRecipe, "distill": DistillRecipe, "progressive": ProgressiveRecipe}
 
-__all__ = ["RECIPES", "DiffusionRecipe", "DistillRecipe"]
+__all__ = ["RECIPES", "DiffusionRecipe", "DistillRecipe", "ProgressiveRecipe"]
