@@ -29,7 +29,7 @@ from ..prediction import PREDICTIONS
 from ..process import PROCESSES
 from ..samplers import SAMPLERS
 from ..schedules import SCHEDULES
-from . import clip, edit, image, tools, toy2d
+from . import clip, edit, image, interop, tools, toy2d
 from .common import PROG, UsageError, Parser, program_threads, reexec_for_openmp, threads
 
 
@@ -58,6 +58,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     **edit.COMMANDS,
     **tools.COMMANDS,
     **clip.COMMANDS,
+    **interop.COMMANDS,
     "list": ("list registered processes, predictions, samplers, schedules, datasets", _add_list, _run_list),
 }
 

@@ -44,6 +44,7 @@ from ..prediction import Denoiser
 from .config import (Config, apply_overrides, config_from_dict, config_to_dict, data_defaults, load_config,
                      warmup_warning)
 from ..engine.loop import Engine
+from .model_card import write_model_card
 from .recipes import RECIPES
 from .summary import StepTimer, startup_summary
 
@@ -77,7 +78,11 @@ class Trainer(Engine):
             end = tc.steps if stop_at is None else min(stop_at, tc.steps)
             every = r.preview_every()
             self.timer = StepTimer(self.step, end, every if 0 < every < end else 0)
-        return super().fit(stop_at)
+        first, cpu0 = self.step, time.process_time()
+        out = super().fit(stop_at)
+        if self.main and first < tc.steps <= self.step:  # training finished here: the run's model card
+            write_model_card(out, cpu_seconds=time.process_time() - cpu0)
+        return out
 
     def train_step(self) -> dict[str, float]:
         start = time.perf_counter()
