@@ -31,7 +31,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("generation",),                                   # a loaded run and generate()
     ("train",),                                        # the engine, recipes, run layout
     ("pipelines", "compat"),                           # user tasks over generate(); other libraries' formats
-    ("cli", "ui", "api"),                              # commands, the web UI, denoisekit.load
+    ("ui",),                                           # the web UI (denoisekit ui starts it from the CLI)
+    ("cli", "api"),                                    # commands, denoisekit.load
 ]
 LEVEL = {unit: i for i, units in enumerate(LAYERS) for unit in units}
 

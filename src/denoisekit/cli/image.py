@@ -275,9 +275,10 @@ def _count(path: Path) -> int:
 def _restore(args: argparse.Namespace, out: Path, model: Any, settings: dict[str, Any], shown_as: str,
              n: int | None) -> int:
     """``sample --source``: image-to-image sampling (Palette) of an image-conditioned run."""
-    from ..eval.plotting import save_grid
+    from ..eval.plotting import grid_image
     from ..pipelines.output import is_directory, save_each, save_npz
     from ..pipelines.palette import restore
+    from ..pipelines.png_info import save_png_with_info
 
     conditioner = image_conditioner(model.condition)
     if conditioner is None:
@@ -304,17 +305,34 @@ def _restore(args: argparse.Namespace, out: Path, model: Any, settings: dict[str
                                                       else None))
     err = conditioner.consistency(x, source)
     out.parent.mkdir(parents=True, exist_ok=True)
+    params = _parameters(args, model, x, settings)
     if is_directory(args.out):
-        save_each(x, out)
+        save_each(x, out, params)
     elif out.suffix.lower() == ".png":
         rows = [shown, x] + ([truth] if truth is not None else [])
-        save_grid(rows, out, labels=["input", "output", "truth"][:len(rows)], aligned=True)
+        save_png_with_info(grid_image(rows, labels=["input", "output", "truth"][:len(rows)], aligned=True), out,
+                           params[0])
     else:
         extra = {"truth": truth} if truth is not None else {}
         save_npz(out, images=x, source=shown, consistency=err, **extra)
     print(f"{len(x)} {conditioner.task} results from {args.run} ({shown_as}) in {seconds:.1f} s; mean consistency "
           f"error with the input {err.mean().item():.4f}; wrote {out}")
     return 0
+
+
+def _parameters(args: argparse.Namespace, model: Any, images: torch.Tensor, settings: dict[str, Any],
+                prompts: list[str] | None = None, labels: list[int] | None = None) -> list[str]:
+    """Each image's PNG info (:func:`~denoisekit.pipelines.png_info.generation_parameters`)."""
+    from ..pipelines.png_info import generation_parameters
+
+    solver = settings.get("solver")
+    sampler, nfe, schedule = (("multistep", solver.nfe, "learned") if solver is not None
+                              else (settings["sampler"], settings["nfe"], settings["schedule"]))
+    h, w = images.shape[2:]
+    return generation_parameters(model, len(images), sampler=sampler, nfe=nfe, schedule=schedule,
+                                 cfg_scale=model.defaults.cfg_scale if args.cfg is None else args.cfg,
+                                 cfg_rescale=args.cfg_rescale, seed=args.seed, size=(w, h), prompts=prompts,
+                                 labels=labels, negative_prompt=args.negative_prompt)
 
 
 def _run_sample(args: argparse.Namespace) -> int:
@@ -351,7 +369,8 @@ def _run_sample(args: argparse.Namespace) -> int:
         raise UsageError(f"{e}") from None
     seconds = time.perf_counter() - start
     x, n = result.images, len(result.images)
-    result.save(args.out)
+    result.save(args.out, _parameters(args, model, x, settings, result.prompts,
+                                      None if result.labels is None else result.labels.tolist()))
     space = (f"; latents {'x'.join(map(str, model.image_shape))} decoded to {'x'.join(map(str, x.shape[1:]))}"
              if model.decoder is not None else "")
     scale = model.defaults.cfg_scale if args.cfg is None else args.cfg

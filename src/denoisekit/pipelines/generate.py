@@ -67,22 +67,25 @@ class Generated:
     def class_name(self, c: int) -> str:
         return self.class_names[c] if c < len(self.class_names) else f"class {c}"
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
+    def save(self, path: str | os.PathLike[str], parameters: Sequence[str] | None = None) -> Path:
         """Write the images: ``.png`` a labelled grid (:meth:`groups`), ``.npz`` uint8 ``images`` ``(N, H, W, C)``
         with ``labels`` (-1 without) and ``prompts`` if any, a directory (a name ending in ``/`` or an existing
-        directory) one PNG per image. Returns the path written."""
-        from ..eval.plotting import save_grid
+        directory) one PNG per image. ``parameters``: each image's generation parameters
+        (:func:`~denoisekit.pipelines.png_info.generation_parameters`), in each PNG's info (a grid: the first
+        image's). Returns the path written."""
+        from ..eval.plotting import grid_image
         from .output import check_output, is_directory, save_each, save_npz
+        from .png_info import save_png_with_info
 
         out = check_output(path)
         if not torch.isfinite(self.images).all():
             raise FloatingPointError("samples contain NaN or inf")
         out.parent.mkdir(parents=True, exist_ok=True)
         if is_directory(path):
-            save_each(self.images, out)
+            save_each(self.images, out, parameters)
         elif out.suffix.lower() == ".png":
             groups, labels = self.groups()
-            save_grid(groups, out, labels=labels)
+            save_png_with_info(grid_image(groups, labels=labels), out, parameters[0] if parameters else None)
         else:
             labels = self.labels if self.labels is not None else torch.full((len(self),), -1)
             extra = {"prompts": self.prompts} if self.prompts is not None else {}

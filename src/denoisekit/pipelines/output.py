@@ -5,6 +5,7 @@ write through these, atomically."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +29,17 @@ def check_output(out: str | os.PathLike[str]) -> Path:
     return path
 
 
-def save_each(x: Tensor, out: Path) -> None:
-    """Images ``(N, C, H, W)`` in ``[-1, 1]`` as ``out/00000.png, ...`` (grey or RGB, at their own size)."""
+def save_each(x: Tensor, out: Path, parameters: Sequence[str | None] | None = None) -> None:
+    """Images ``(N, C, H, W)`` in ``[-1, 1]`` as ``out/00000.png, ...`` (grey or RGB, at their own size), image
+    ``i`` with ``parameters[i]`` in its PNG info (:mod:`~denoisekit.pipelines.png_info`)."""
     from PIL import Image
+
+    from .png_info import save_png_with_info
 
     out.mkdir(parents=True, exist_ok=True)
     for i, im in enumerate(tensor_to_uint8(x)):
         img = Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im[..., :3])
-        write_atomic(out / f"{i:05d}.png", lambda p, img=img: img.save(p, format="PNG"))
+        save_png_with_info(img, out / f"{i:05d}.png", parameters[i] if parameters is not None else None)
 
 
 def save_npz(out: Path, **arrays: Any) -> None:
