@@ -108,6 +108,9 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i, whatever the batch size")
     p.add_argument("--batch", type=positive_int, default=256, help="images per model call")
     p.add_argument("--weights", default="ema", choices=("ema", "model"), help=WEIGHTS_HELP)
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]",
+                   help="a LoRA adapter for this run (a .safetensors in the denoisekit, diffusers or kohya layout, or a "
+                        "lora run's directory) at WEIGHT (default 1; 0: the base); repeatable: the deltas add up")
     p.add_argument("--threads", type=positive_int, default=None, help=THREADS_HELP)
     add_device(p)
 
@@ -335,6 +338,16 @@ def _parameters(args: argparse.Namespace, model: Any, images: torch.Tensor, sett
                                  labels=labels, negative_prompt=args.negative_prompt)
 
 
+def _with_loras(args: argparse.Namespace, model: Any) -> Any:
+    """``model`` with the ``--lora FILE[:WEIGHT]`` adapters loaded (:mod:`denoisekit.generation.adapters`)."""
+    from ..generation.adapters import parse_lora, with_loras
+
+    try:
+        return with_loras(model, [parse_lora(spec) for spec in args.lora])
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(str(e)) from None
+
+
 def _run_sample(args: argparse.Namespace) -> int:
     from ..pipelines.generate import generate_images
     from ..pipelines.output import check_output
@@ -344,7 +357,7 @@ def _run_sample(args: argparse.Namespace) -> int:
         out = check_output(args.out)
     except ValueError as e:
         raise UsageError(f"--out: {e}") from None
-    model = load_model(args.run, weights=args.weights, device=resolve_device(args.device))
+    model = _with_loras(args, load_model(args.run, weights=args.weights, device=resolve_device(args.device)))
     settings, shown_as = _settings(args, model)
     n = args.n or model.defaults.n
     if image_conditioner(model.condition) is not None or args.source is not None:

@@ -14,6 +14,7 @@ A config file (see ``configs/*.yaml``) has one mapping per section::
     latent:  {autoencoder: runs/shapes-ae-f4}          # LatentConfig (absent: pixel space)
     init:    {from_run: runs/digits}                   # InitConfig: start from a run's weights
     teacher: {run: runs/teacher}                       # TeacherConfig: a frozen model for a recipe's targets
+    lora:    {rank: 4, alpha: 4}                       # LoraSection: the adapter of the lora recipe
 
 Sections ``data``, ``model``, ``process`` and ``condition`` name an entry of a registry
 (``denoisekit.data.IMAGE_DATASETS``, ``denoisekit.models.MODELS``, ``denoisekit.process.PROCESSES``,
@@ -44,6 +45,7 @@ from ..process import get_process
 from ..samplers import SAMPLERS
 from ..samplers.run import DEFAULT_SCHEDULE
 from ..schedules import SCHEDULES
+from .lora_config import LoraSection
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,7 +304,8 @@ class TeacherConfig(Section):
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "process": ProcessConfig,
                              "loss": DiffusionLoss, "optim": OptimConfig, "ema": EMAConfig,
                              "condition": ConditionConfig, "train": TrainConfig, "sample": SampleConfig,
-                             "latent": LatentConfig, "init": InitConfig, "teacher": TeacherConfig}
+                             "latent": LatentConfig, "init": InitConfig, "teacher": TeacherConfig,
+                             "lora": LoraSection}
 
 
 @dataclass(frozen=True)
@@ -321,6 +324,7 @@ class Config:
     latent: LatentConfig = field(default_factory=LatentConfig)
     init: InitConfig = field(default_factory=InitConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    lora: LoraSection = field(default_factory=LoraSection)
 
     def __post_init__(self) -> None:
         check_sections(self, SECTIONS)

@@ -81,14 +81,19 @@ def load_run(run_dir: str | os.PathLike[str], *, weights: Literal["ema", "model"
     state = load_json(ckpt / STATE_FILE)
     if check_depends and isinstance(state, dict):
         lineage.check(state.get("depends", []), f"cannot load {run} (load_run(..., check_depends=False) loads it anyway)")
-    if isinstance(state, dict) and state.get("delta_of"):  # only the trained part: compose it with its base
-        base = next((d for d in state.get("depends", []) if d.get("role") == state["delta_of"]), None)
+    role = state.get("delta_of") or state.get("lora_of") if isinstance(state, dict) else None
+    if role:  # only the trained part (some tensors, or a LoRA adapter): compose it with its base
+        base = next((d for d in state.get("depends", []) if d.get("role") == role), None)
         if base is None:
-            raise ValueError(f"{ckpt / STATE_FILE}: a delta over {state['delta_of']!r} that records no such run")
+            raise ValueError(f"{ckpt / STATE_FILE}: a delta over {role!r} that records no such run")
         lineage.check([base], f"cannot load {run}")
         base_ckpt = lineage.weights_file(base).parent
         base_net = load_run(base["run"], weights=base["weights"], checkpoint=base_ckpt)[0].net
         net.load_state_dict(base_net.state_dict())
+        if state.get("lora_of"):  # the lora recipe's adapter, at weight 1 (sample BASE --lora RUN:W for others)
+            from ..models.lora import LoraConfig, add_adapter
+
+            add_adapter(net, LoraConfig.from_dict(state["lora"]), "default", trainable=False)
         load_delta(net, tensors, str(path))
     else:
         load_weights(net, tensors, str(path))

@@ -5,8 +5,10 @@ noise-conditional classifier (:mod:`denoisekit.train.classifier`), the baselines
 
 from .diffusion import DiffusionRecipe
 from .distill import DistillRecipe
+from .lora import LoraRecipe
 from .progressive import ProgressiveRecipe
 
-RECIPES: dict[str, type] = {"diffusion": DiffusionRecipe, "distill": DistillRecipe, "progressive": ProgressiveRecipe}
+RECIPES: dict[str, type] = {"diffusion": DiffusionRecipe, "distill": DistillRecipe, "progressive": ProgressiveRecipe,
+                            "lora": LoraRecipe}
 
-__all__ = ["RECIPES", "DiffusionRecipe", "DistillRecipe", "ProgressiveRecipe"]
+__all__ = ["RECIPES", "DiffusionRecipe", "DistillRecipe", "LoraRecipe", "ProgressiveRecipe"]

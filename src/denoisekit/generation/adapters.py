@@ -1,0 +1,81 @@
+"""LoRA adapters on a loaded model: ``sample RUN --lora style.safetensors:0.8 --lora subject.safetensors:0.5``.
+
+:func:`with_loras` loads adapter files (any layout of :mod:`denoisekit.models.lora_io`; a ``lora`` run's
+directory means its ``lora.safetensors``) onto the :class:`LoadedModel`'s network, each at its weight, after
+checking that each was made for this base (the weights hash the file records against ``model.sha256``).
+The weights change later without reloading (:func:`set_lora_weights`); weight 0 is the base exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from torch import nn
+
+from ..io import file_sha256
+from ..models import lora, lora_io
+from .model import LoadedModel
+
+
+def parse_lora(spec: str) -> tuple[str, float]:
+    """``"FILE[:WEIGHT]"`` (weight default 1) as ``(FILE, WEIGHT)``; a bad weight is one line."""
+    path, sep, tail = spec.rpartition(":")
+    if not sep or "/" in tail or tail.endswith(".safetensors"):
+        return spec, 1.0
+    try:
+        return path, float(tail)
+    except ValueError:
+        raise ValueError(f"--lora {spec!r}: the weight after ':' must be a number (FILE:0.8)") from None
+
+
+def lora_file(path: str | os.PathLike[str]) -> Path:
+    """The adapter file ``path`` names: the file itself, or a ``lora`` run directory's ``lora.safetensors``."""
+    p = Path(path)
+    if p.is_dir():
+        if not (p / lora_io.ADAPTER_FILE).is_file():
+            raise FileNotFoundError(f"--lora {str(p)!r}: a directory without {lora_io.ADAPTER_FILE} (not a "
+                                    f"finished lora run)")
+        return p / lora_io.ADAPTER_FILE
+    return p
+
+
+def network(model: LoadedModel) -> nn.Module:
+    net = getattr(model.denoiser, "net", None)
+    if not isinstance(net, nn.Module):
+        raise ValueError(f"{model.name or 'this model'}: its denoiser has no network to put a LoRA adapter on")
+    return net
+
+
+def with_loras(model: LoadedModel, loras: Sequence[tuple[str | os.PathLike[str], float]]) -> LoadedModel:
+    """``model`` with the adapters ``[(file, weight), ...]`` loaded onto its network (in place: the returned
+    model shares it) and ``name`` / ``sha256`` saying so. Errors (another base, unknown keys, a missing file)
+    are one line naming the file; the network is left as it was for the file that failed."""
+    if not loras:
+        return model
+    net = network(model)
+    digest = hashlib.sha256((model.sha256 or "").encode())
+    shown = []
+    for path, weight in loras:
+        file = lora_file(path)
+        stem = file.parent.name if file.name == lora_io.ADAPTER_FILE else file.stem
+        name, i = stem.replace(".", "_") or "lora", 2
+        while name in lora.adapters(net):
+            name, i = f"{stem.replace('.', '_')}_{i}", i + 1
+        lora_io.load_adapter(net, file, name, float(weight), base_sha256=model.sha256)
+        digest.update(f"|{name}|{weight!r}|".encode() + file_sha256(file).encode())
+        shown.append(f"{file}:{weight:g}")
+    return replace(model, name=f"{model.name} + lora {', '.join(shown)}", sha256=digest.hexdigest())
+
+
+def set_lora_weights(model: LoadedModel, weights: Mapping[str, float]) -> None:
+    """Change the active adapters' weights (by adapter name, see :func:`lora_names`) without reloading
+    (``model.sha256`` still names the weights :func:`with_loras` loaded)."""
+    lora.set_weights(network(model), weights)
+
+
+def lora_names(model: LoadedModel) -> list[str]:
+    return list(lora.adapters(network(model)))
