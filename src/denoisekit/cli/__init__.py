@@ -29,7 +29,7 @@ from ..prediction import PREDICTIONS
 from ..process import PROCESSES
 from ..samplers import SAMPLERS
 from ..schedules import SCHEDULES
-from . import clip, edit, image, interop, tools, toy2d, ui
+from . import clip, edit, image, interop, joint, tools, toy2d, ui
 from .common import PROG, UsageError, Parser, program_threads, reexec_for_openmp, threads
 
 
@@ -60,6 +60,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     **clip.COMMANDS,
     **interop.COMMANDS,
     **ui.COMMANDS,
+    **joint.COMMANDS,
     "list": ("list registered processes, predictions, samplers, schedules, datasets", _add_list, _run_list),
 }
 
