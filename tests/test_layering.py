@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("samplers", "losses"),                            # pure algorithms over the contract
     ("samplers.tuning", "oracle"),                     # grids and solvers fitted to a model; the exact GMM
     ("guidance",),                                     # denoiser wrappers
+    ("score_distillation",),                           # SDS, PDS, VSD: losses over a guided denoiser
     ("data", "models"),                                # datasets and operators; networks
     ("eval",),                                         # metrics and their feature networks
     ("conditioning",),                                 # condition kinds: validation, network wrapping, previews

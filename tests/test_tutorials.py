@@ -22,10 +22,11 @@ NFE_COMMANDS, QUICK_NFE = ("edit", "inpaint", "restore", "invert", "p2p"), 4
 
 def quick(script: str) -> str:
     """The page's commands at a smoke-test budget: 2 training steps, at most 10 samples, 4 model evaluations per image
-    for the editing commands, figures into ./figures."""
+    for the editing commands, at most 5 optimisation steps (--steps: score distillation), figures into ./figures."""
     script = re.sub(r"train\.steps=\d+", "train.steps=2", script)
     script = re.sub(r"--n (\d+)", lambda m: f"--n {min(int(m.group(1)), 10)}", script)
     script = re.sub(r"--nfe \d+", f"--nfe {QUICK_NFE}", script)
+    script = re.sub(r"--steps (\d+)", lambda m: f"--steps {min(int(m.group(1)), 5)}", script)  # score distillation
     script = re.sub(rf"^(denoisekit (?:{'|'.join(NFE_COMMANDS)}) (?:(?!--nfe)[^\n])*)$", rf"\1 --nfe {QUICK_NFE}",
                     script, flags=re.M)
     return script.replace("docs/tutorials/", "figures/")

@@ -29,7 +29,7 @@ from ..prediction import PREDICTIONS
 from ..process import PROCESSES
 from ..samplers import SAMPLERS
 from ..schedules import SCHEDULES
-from . import clip, edit, image, interop, joint, tools, toy2d, ui
+from . import clip, distill, edit, image, interop, joint, tools, toy2d, ui
 from .common import PROG, UsageError, Parser, program_threads, reexec_for_openmp, threads
 
 
@@ -61,6 +61,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     **interop.COMMANDS,
     **ui.COMMANDS,
     **joint.COMMANDS,
+    **distill.COMMANDS,
     "list": ("list registered processes, predictions, samplers, schedules, datasets", _add_list, _run_list),
 }
 
