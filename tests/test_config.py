@@ -88,7 +88,7 @@ def test_overrides_are_typed_by_the_declared_field():
 @pytest.mark.parametrize("override, message", [
     ("model.chanels=16", "unknown key 'model.chanels'; valid keys at 'model': act, blocks, channel_mult, "
                          "channels, name, num_classes"),
-    ("modle.channels=16", "unknown key 'modle'; valid keys at '<top level>': condition, data, ema, init, latent, lora, loss, model, optim"),
+    ("modle.channels=16", "unknown key 'modle'; valid keys at '<top level>': condition, data, ema, fewstep, init, latent, lora, loss, model, optim"),
     ("train.stesp=3", "valid keys at 'train': batch_size, device, grad_accum"),
     ("loss.weight=snr", "valid keys at 'loss': gamma, noise_levels, p_mean, p_std, weighting"),
     ("process.sigma_max=40", "unknown key 'process.sigma_max'; valid keys at 'process': beta_end"),
@@ -100,7 +100,7 @@ def test_overrides_are_typed_by_the_declared_field():
     ("train.mixed_precision=fp16", "train.mixed_precision: unknown value 'fp16'; allowed: no, bf16"),
     ("process.prediction=noise", "process.prediction: unknown value 'noise'; allowed: eps, x0, v, flow"),
     ("loss.weighting=bad", "loss.weighting: unknown value 'bad'; allowed: simple, snr, min_snr"),
-    ("sample.sampler=nope", "sample.sampler: unknown sampler 'nope'; allowed: ddim, ddpm"),
+    ("sample.sampler=nope", "sample.sampler: unknown sampler 'nope'; allowed: consistency, ddim, ddpm"),
     ("model.name=nope", "model.name: unknown model 'nope'; allowed: "),
     ("optim.betas=[0.9]", "optim.betas: expected 2 values"),
     ("optim.lr=-1", "optim.lr must be > 0"),

@@ -91,7 +91,7 @@ def test_external_callable_with_class_condition():
 
 def test_bad_prediction_and_shape():
     p = get_process("ddpm")
-    with pytest.raises(ValueError, match="allowed: edm, eps, flow, score, v, x0"):
+    with pytest.raises(ValueError, match="allowed: consistency, edm, eps, flow, score, v, x0"):
         Denoiser(lambda x, t: x, p, "epsilon")
     den = Denoiser(lambda x, t: x[:, :1], p, "eps")
     with pytest.raises(ValueError, match="network returned shape"):
@@ -161,5 +161,5 @@ def test_new_parameterisation_is_one_entry(monkeypatch, gm2):
             opt.step()
         assert loss(den, x0, generator=torch.Generator().manual_seed(2)).mean().item() < 0.7 * first
     assert "residual" not in PREDICTIONS
-    with pytest.raises(ValueError, match="allowed: edm, eps, flow, score, v, x0"):
+    with pytest.raises(ValueError, match="allowed: consistency, edm, eps, flow, score, v, x0"):
         Denoiser(exact, get_process("edm"), "residual")

@@ -29,8 +29,8 @@ parameterisation is one entry and nothing else::
 ``x0`` and ``target`` must be inverses (``x0(target(x0, eps, c), x, c) == x0``) and ``x0_mse_factor``
 the squared slope of ``out`` in ``x0_hat``; tests/test_prediction.py checks both for every entry of the
 table, and that :data:`Prediction` (add the name there too, for typed callers) lists the same names.
-Consistency models (Song et al. 2023, Sec. 3) are the next entry: EDM's ``net_input`` and ``time_input``
-with their own ``c_skip`` / ``c_out``, computed from :class:`Coefficients` as :meth:`Coefficients.edm` does.
+``consistency`` (Song et al. 2023, Sec. 3 and App. C) is EDM's ``net_input`` and ``time_input`` with the
+consistency model's ``c_skip`` / ``c_out``, exact at :data:`CONSISTENCY_SIGMA_MIN` (``x0 = y`` there).
 
 :class:`Denoiser` turns any such network, ours or external, into the one contract every sampler,
 guidance and loss uses (:mod:`denoisekit.denoiser`): ``denoiser(y, sigma, cond) -> x0_hat`` in the VE
@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from ._utils import append_dims, as_batch, check_choice, lookup
 from .process import Process
 
-Prediction = Literal["eps", "x0", "v", "flow", "score", "edm"]
+Prediction = Literal["eps", "x0", "v", "flow", "score", "edm", "consistency"]
 TimeInput = Literal["model", "t", "log_sigma"]
 TIME_INPUTS: tuple[str, ...] = ("model", "t", "log_sigma")
 
@@ -173,6 +173,30 @@ def _edm_target(x0: Tensor, eps: Tensor, c: Coefficients) -> Tensor:
     return (x0 - c_skip * (x0 + _b(c.sigma_ve, x0) * eps)) / c_out
 
 
+#: The smallest noise level of a consistency model, where ``f(y, sigma_min) = y`` (Song et al. 2023, Sec. 3: eps = 0.002).
+CONSISTENCY_SIGMA_MIN = 0.002
+
+
+def _cm_coefficients(c: Coefficients) -> tuple[Tensor, Tensor]:
+    """``(c_skip, c_out)`` of a consistency model (Song et al. 2023, App. C, eq. 12-13; VE-frame sigma):
+    ``c_skip = sd^2 / ((s - s_min)^2 + sd^2)``, ``c_out = sd (s - s_min) / sqrt(sd^2 + s^2)``, so that
+    ``c_skip(s_min) = 1`` and ``c_out(s_min) = 0``: the boundary condition holds exactly."""
+    s, sd, m = c.sigma_ve, c.sigma_data, CONSISTENCY_SIGMA_MIN
+    # a process's sigma -> t -> sigma round trip is off by ~1e-18: snap it, so the boundary holds bit-exactly
+    d = torch.where(torch.isclose(s, torch.full_like(s, m), rtol=1e-9, atol=0.0), torch.zeros_like(s), s - m)
+    return sd**2 / (d**2 + sd**2), sd * d / torch.sqrt(sd**2 + s**2)
+
+
+def _cm_x0(out: Tensor, x: Tensor, c: Coefficients) -> Tensor:
+    c_skip, c_out = (_b(v, x) for v in _cm_coefficients(c))
+    return c_skip * (x / _b(c.alpha, x)) + c_out * out
+
+
+def _cm_target(x0: Tensor, eps: Tensor, c: Coefficients) -> Tensor:
+    c_skip, c_out = (_b(v, x0) for v in _cm_coefficients(c))
+    return (x0 - c_skip * (x0 + _b(c.sigma_ve, x0) * eps)) / c_out
+
+
 PREDICTIONS: dict[str, PredictionRule] = {
     "eps": PredictionRule(
         x0=lambda out, x, c: (x - _b(c.sigma, x) * out) / _b(c.alpha, x),
@@ -192,6 +216,10 @@ PREDICTIONS: dict[str, PredictionRule] = {
         _edm_x0, _edm_target, lambda c: 1 / c.edm()[1] ** 2,
         net_input=lambda x, c: x / _b(c.alpha, x) * _b(c.edm()[2], x),  # c_in * y
         time_input="log_sigma"),  # c_noise = log(sigma) / 4
+    "consistency": PredictionRule(  # EDM's c_in and c_noise, the consistency model's c_skip / c_out
+        _cm_x0, _cm_target, lambda c: 1 / _cm_coefficients(c)[1] ** 2,
+        net_input=lambda x, c: x / _b(c.alpha, x) * _b(c.edm()[2], x),
+        time_input="log_sigma"),
 }
 
 

@@ -24,4 +24,4 @@ def make(workdir: Path):
     return ProgressiveRecipe(config_from_dict(student))
 
 
-CASE = RecipeCase("progressive", make, steps=4)
+CASE = RecipeCase("progressive", make, steps=6)

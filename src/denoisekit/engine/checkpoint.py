@@ -4,6 +4,8 @@ A checkpoint is a directory ``<root>/step_00001000/`` holding
 
 - ``model.safetensors`` and ``ema.safetensors``: the network's and the EMA's ``state_dict``;
 - ``optimizer.safetensors``: the optimiser's per-parameter tensors (``state.<index>.<name>``);
+- ``recipe.safetensors`` (only when the recipe keeps any): a recipe's own tensor state, e.g. the target
+  network of consistency distillation (:meth:`denoisekit.engine.recipe.Recipe.extra_tensors`);
 - ``state.json``: step, optimiser hyper-parameters and scalar state, LR-scheduler state, EMA state,
   the data position, NaN counters and every process's RNG states (torch, numpy, python).
 
@@ -35,6 +37,7 @@ from ..io import fsync_dir, fsync_file, is_no_space, load_json_format, load_tens
 
 FORMAT = "denoisekit.checkpoint/1"
 MODEL_FILE, EMA_FILE, OPTIM_FILE, STATE_FILE = "model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json"
+EXTRA_FILE = "recipe.safetensors"
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 
 
@@ -222,7 +225,7 @@ def _no_space(root: Path, step: int, need: int, previous: Path | None) -> OSErro
 
 def save_checkpoint(root: str | os.PathLike[str], step: int, *, model: Mapping[str, Tensor],
                     ema: Mapping[str, Tensor], optimizer: Mapping[str, Any], state: Mapping[str, Any],
-                    keep_last: int = 3) -> Path:
+                    keep_last: int = 3, extra: Mapping[str, Tensor] | None = None) -> Path:
     """Write ``<root>/step_<step>/`` atomically (see the module docstring) and prune to ``keep_last``.
 
     ``optimizer`` is ``optimizer.state_dict()``; ``state`` is any JSON-able mapping (scheduler, EMA,
@@ -242,6 +245,8 @@ def save_checkpoint(root: str | os.PathLike[str], step: int, *, model: Mapping[s
         save_tensors(tmp / MODEL_FILE, model, meta)
         save_tensors(tmp / EMA_FILE, ema, meta)
         save_tensors(tmp / OPTIM_FILE, optim_tensors, meta)
+        if extra:
+            save_tensors(tmp / EXTRA_FILE, extra, meta)
         doc = {"format": FORMAT, "step": step, "optimizer": optim_rest, **state}
         (tmp / STATE_FILE).write_text(json.dumps(doc, indent=1, allow_nan=True) + "\n")
         for f in tmp.iterdir():
@@ -273,7 +278,8 @@ def save_checkpoint(root: str | os.PathLike[str], step: int, *, model: Mapping[s
 
 
 def load_checkpoint(path: str | os.PathLike[str], *, weights_only: bool = False) -> dict[str, Any]:
-    """Read a checkpoint directory: ``{"step", "model", "ema", "optimizer", "state"}``.
+    """Read a checkpoint directory: ``{"step", "model", "ema", "optimizer", "state"}`` (and ``"extra"``, the
+    recipe's ``recipe.safetensors``, where there is one).
 
     ``weights_only`` skips the optimiser. Missing files raise ``FileNotFoundError`` naming them;
     corrupt or foreign ones ``ValueError``.
@@ -286,6 +292,8 @@ def load_checkpoint(path: str | os.PathLike[str], *, weights_only: bool = False)
         raise ValueError(f"{path / STATE_FILE}: 'step' must be an integer >= 0, got {state.get('step')!r}")
     out: dict[str, Any] = {"step": state["step"], "state": state,
                            "model": load_tensors(path / MODEL_FILE), "ema": load_tensors(path / EMA_FILE)}
+    if (path / EXTRA_FILE).exists():  # a recipe's own tensor state (Recipe.extra_tensors), when it keeps any
+        out["extra"] = load_tensors(path / EXTRA_FILE)
     if not weights_only:
         try:
             out["optimizer"] = unflatten_optimizer_state(load_tensors(path / OPTIM_FILE), state["optimizer"])

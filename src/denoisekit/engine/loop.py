@@ -251,6 +251,7 @@ class Engine:
         self.recipe.load_state(st, str(path))
         self.recipe.load_weights(ck["model"], str(path / "model.safetensors"))
         self._load_ema_weights(ck["ema"], str(path / "ema.safetensors"))
+        self.recipe.load_extra_tensors(ck.get("extra", {}), str(path / "recipe.safetensors"))
         emas = st.get("ema", {})
         if len(self.emas) == 1:
             next(iter(self.emas.values())).load_state_dict(emas)
@@ -306,7 +307,8 @@ class Engine:
                      "world_size": self.world, "elapsed_s": self.elapsed, "depends": self.depends,
                      **self.recipe.state()}
             save_checkpoint(self.out / CHECKPOINTS, self.step, model=model, ema=self._ema_weights(),
-                            optimizer=optim, state=state, keep_last=tc.keep_last)
+                            optimizer=optim, state=state, keep_last=tc.keep_last,
+                            extra=self.recipe.extra_tensors())
         self.acc.wait_for_everyone()
 
     # ------------------------------------------------------------------------------------------ the loop

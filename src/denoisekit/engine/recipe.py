@@ -15,6 +15,7 @@ method                      says
 ``step(batch, gens, eng)``  one micro-batch's losses: ``{"loss": scalar to backpropagate, ...stats}``
 ``weights / load_weights``  what a checkpoint stores (an adapter recipe: only the adapter)
 ``state / load_state``      JSON facts for ``state.json`` (image shape, class names, ...)
+``extra_tensors``           tensor state a resume needs besides weights (``recipe.safetensors``)
 ``preview / finish``        a sample grid now and then; work after the last step (export, metrics)
 ==========================  =========================================================================
 
@@ -182,6 +183,13 @@ class Recipe:
             part = {k[len(n) + 1:]: v for k, v in tensors.items() if k.startswith(n + ".")}
             self.load_module(n, self.modules[n], part, f"{source} ({n})")
 
+    def extra_tensors(self) -> dict[str, Tensor]:
+        """Tensors of the recipe's own training state (not weights a run is loaded from) that a checkpoint keeps
+        in ``recipe.safetensors`` for exact resume: consistency distillation's target network. Default none."""
+        return {}
+
+    def load_extra_tensors(self, tensors: Mapping[str, Tensor], source: str) -> None:
+        """Inverse of :meth:`extra_tensors` on resume (``tensors`` is empty for a checkpoint without the file)."""
     def state(self) -> dict[str, Any]:
         return {}
 

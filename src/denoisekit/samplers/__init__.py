@@ -13,6 +13,7 @@ from torch import Tensor
 
 from .._utils import lookup
 from .adaptive import sample_ode, solve_pf_ode
+from .consistency import sample_consistency
 from .ddim import sample_ddim, sample_ddim_inversion, sample_ddpm, sample_euler, sample_euler_ancestral
 from .dpm_solver import (sample_dpm_solver_1, sample_dpm_solver_2, sample_dpm_solver_3, sample_dpmpp_2m,
                          sample_dpmpp_2m_sde, sample_dpmpp_2s, sample_dpmpp_3m, sample_dpmpp_3m_sde)
@@ -46,10 +47,12 @@ SAMPLERS: dict[str, tuple[Callable[..., Tensor], dict[str, Any]]] = {
     "flow_heun": (sample_flow_heun, {}),
     "flow_rk4": (sample_flow_rk4, {}),
     "ode": (sample_ode, {}),
+    "consistency": (sample_consistency, {}),
 }
 
 #: Samplers that add fresh noise (their output is a sample, not the ODE solution).
-STOCHASTIC = frozenset({"ddpm", "ddpm_large", "euler_ancestral", "heun_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "pc"})
+STOCHASTIC = frozenset({"ddpm", "ddpm_large", "euler_ancestral", "heun_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "pc",
+                       "consistency"})
 
 
 def get_sampler(name: str, **options: Any) -> Callable[..., Tensor]:
@@ -63,5 +66,5 @@ __all__ = [
     "sample_ddpm", "sample_euler", "sample_euler_ancestral", "sample_heun", "sample_pc", "sample_flow",
     "sample_flow_euler", "sample_flow_heun", "sample_flow_rk4", "sample_dpm_solver_1", "sample_dpm_solver_2",
     "sample_dpm_solver_3", "sample_dpmpp_2s", "sample_dpmpp_2m", "sample_dpmpp_3m", "sample_dpmpp_2m_sde",
-    "sample_dpmpp_3m_sde", "sample_unipc", "sample_multistep",
+    "sample_dpmpp_3m_sde", "sample_unipc", "sample_multistep", "sample_consistency",
 ]

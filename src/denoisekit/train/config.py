@@ -14,6 +14,7 @@ A config file (see ``configs/*.yaml``) has one mapping per section::
     latent:  {autoencoder: runs/shapes-ae-f4}          # LatentConfig (absent: pixel space)
     init:    {from_run: runs/digits}                   # InitConfig: start from a run's weights
     teacher: {run: runs/teacher}                       # TeacherConfig: a frozen model for a recipe's targets
+    fewstep: {levels: 18, solver: heun}                # FewStepConfig: the consistency recipes
     lora:    {rank: 4, alpha: 4}                       # LoraSection: the adapter of the lora recipe
 
 Sections ``data``, ``model``, ``process`` and ``condition`` name an entry of a registry
@@ -45,6 +46,7 @@ from ..process import get_process
 from ..samplers import SAMPLERS
 from ..samplers.run import DEFAULT_SCHEDULE
 from ..schedules import SCHEDULES
+from .fewstep_config import FewStepConfig
 from .lora_config import LoraSection
 
 
@@ -106,7 +108,7 @@ class ProcessConfig(Section):
         return "process", PROCESSES
 
     name: str = "ddpm"
-    prediction: Literal["eps", "x0", "v", "flow", "score", "edm"] = "eps"
+    prediction: Literal["eps", "x0", "v", "flow", "score", "edm", "consistency"] = "eps"
     time_input: Literal["model", "t", "log_sigma"] = "model"
     sigma_data: float = 0.5
     options: dict[str, Any] = field(default_factory=dict)
@@ -305,7 +307,7 @@ SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "process"
                              "loss": DiffusionLoss, "optim": OptimConfig, "ema": EMAConfig,
                              "condition": ConditionConfig, "train": TrainConfig, "sample": SampleConfig,
                              "latent": LatentConfig, "init": InitConfig, "teacher": TeacherConfig,
-                             "lora": LoraSection}
+                             "fewstep": FewStepConfig, "lora": LoraSection}
 
 
 @dataclass(frozen=True)
@@ -324,6 +326,7 @@ class Config:
     latent: LatentConfig = field(default_factory=LatentConfig)
     init: InitConfig = field(default_factory=InitConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    fewstep: FewStepConfig = field(default_factory=FewStepConfig)
     lora: LoraSection = field(default_factory=LoraSection)
 
     def __post_init__(self) -> None:

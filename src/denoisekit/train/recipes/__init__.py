@@ -3,12 +3,15 @@
 Other runs have their own configs and commands: the autoencoder (:mod:`denoisekit.train.autoencoder`), the
 noise-conditional classifier (:mod:`denoisekit.train.classifier`), the baselines and the 2-D toys."""
 
+from .consistency import ConsistencyDistillRecipe, ConsistencyTrainRecipe
 from .diffusion import DiffusionRecipe
 from .distill import DistillRecipe
 from .lora import LoraRecipe
 from .progressive import ProgressiveRecipe
 
 RECIPES: dict[str, type] = {"diffusion": DiffusionRecipe, "distill": DistillRecipe, "progressive": ProgressiveRecipe,
+                            "consistency_distill": ConsistencyDistillRecipe, "consistency_train": ConsistencyTrainRecipe,
                             "lora": LoraRecipe}
 
-__all__ = ["RECIPES", "DiffusionRecipe", "DistillRecipe", "LoraRecipe", "ProgressiveRecipe"]
+__all__ = ["RECIPES", "ConsistencyDistillRecipe", "ConsistencyTrainRecipe", "DiffusionRecipe", "DistillRecipe",
+           "LoraRecipe", "ProgressiveRecipe"]
