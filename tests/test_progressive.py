@@ -61,7 +61,7 @@ def _student(tmp_path, *overrides):
 
     progressive.make(tmp_path)  # trains the tiny teacher once
     base = apply_overrides(progressive.CONFIG, [f"teacher.run={tmp_path / 'teacher'}", "train.recipe=progressive",
-                                                "sample.nfe=2", "train.steps=2", *overrides])
+                                                "sample.nfe=2", "sample.sampler=ddim", "train.steps=2", *overrides])
     return ProgressiveRecipe(config_from_dict(base))
 
 
@@ -89,3 +89,39 @@ def test_progressive_student_records_its_step_count(tmp_path):
     sigmas = state["fewstep"].pop("sigmas")
     assert len(sigmas) == 3 and sigmas[-1] == 0  # the student's own grid: 2 steps, every second teacher level
     assert state["fewstep"] == {"method": "progressive", "sampler": "ddim", "steps": 2, "schedule": "auto"}
+
+
+@pytest.mark.slow
+def test_rounds_halve_and_each_student_samples_only_on_its_own_grid(tmp_path, capsys):
+    """distill-progressive 2 -> 1: each round's teacher is the last student, each student's grid is every second
+    level of its teacher's, ``generate`` samples on it and refuses another sampler or step count (one line)."""
+    from recipe_cases import progressive
+
+    from denoisekit.cli import main
+    from denoisekit.generation import generate
+    from denoisekit.train.config import config_from_dict, save_config
+    from denoisekit.train.halving import distill_progressively
+    from denoisekit.train.run import load_model
+
+    progressive.make(tmp_path)  # the tiny diffusion teacher
+    teacher = tmp_path / "teacher"
+    save_config(config_from_dict(progressive.CONFIG), teacher / "config.yaml")  # steps as the case trains
+    runs = distill_progressively(teacher, tmp_path / "pd", 2, overrides=["train.steps=2"], progress=False)
+    assert [r.name for r in runs] == ["nfe-2", "nfe-1"]
+    two, one = (load_model(r) for r in runs)
+    base = load_model(teacher)
+    full = get_sigmas(base.process, base.defaults.schedule, 4).to(torch.float64)
+    torch.testing.assert_close(two.trained_steps.sigmas, full[::2])
+    torch.testing.assert_close(one.trained_steps.sigmas, full[::4])  # the chain: every second of every second
+    assert one.trained_steps.steps == 1 and one.defaults.nfe == 1 and one.defaults.sampler == "ddim"
+    x = generate(one, 2, torch.tensor([1, 2]), seed=0)
+    assert x.shape == (2, *one.image_shape) and torch.isfinite(x).all()
+    with pytest.raises(ValueError, match="trained for 1 ddim steps"):
+        generate(one, 2, torch.tensor([1, 2]), nfe=4)
+    with pytest.raises(ValueError, match="sampler 'ddim'"):
+        generate(one, 2, torch.tensor([1, 2]), sampler="dpmpp_2m", nfe=1)
+    assert main(["sample", str(runs[1]), "--n", "2", "--nfe", "2", "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "trained for 1 ddim steps" in err and "\n" not in err and not (tmp_path / "x.png").exists()
+    with pytest.raises(ValueError, match="sample.nfe=1"):  # a round's teacher must take twice the student's steps
+        distill_progressively(runs[0], tmp_path / "bad", 4, stop=4, overrides=["train.steps=2"], progress=False)

@@ -29,7 +29,7 @@ from ..prediction import PREDICTIONS
 from ..process import PROCESSES
 from ..samplers import SAMPLERS
 from ..schedules import SCHEDULES
-from . import clip, distill, edit, image, interop, joint, tools, toy2d, ui
+from . import clip, distill, edit, fewstep, image, interop, joint, tools, toy2d, ui
 from .common import PROG, UsageError, Parser, program_threads, reexec_for_openmp, threads
 
 
@@ -62,6 +62,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     **ui.COMMANDS,
     **joint.COMMANDS,
     **distill.COMMANDS,
+    **fewstep.COMMANDS,
     "list": ("list registered processes, predictions, samplers, schedules, datasets", _add_list, _run_list),
 }
 

@@ -2,7 +2,7 @@
 made from it (the CLI, the trainer's previews, the benchmarks and every pipeline call it)."""
 
 from .generate import Guidance, default_guidance, generate, guided_denoiser, sampling_grid, truncate_sigmas
-from .model import LoadedModel, SampleDefaults, SampleSettings, decode
+from .model import LoadedModel, SampleDefaults, SampleSettings, TrainedSteps, decode
 
-__all__ = ["Guidance", "LoadedModel", "SampleDefaults", "SampleSettings", "decode", "default_guidance", "generate", "guided_denoiser",
+__all__ = ["Guidance", "LoadedModel", "SampleDefaults", "SampleSettings", "TrainedSteps", "decode", "default_guidance", "generate", "guided_denoiser",
            "sampling_grid", "truncate_sigmas"]

@@ -98,10 +98,18 @@ def truncate_sigmas(sigmas: Tensor, sigma_start: float) -> Tensor:
 
 def sampling_grid(model: LoadedModel, *, sampler: str, nfe: int, schedule: str, sigmas: Tensor | None = None,
                   options: Mapping[str, Any] | None = None) -> Tensor:
-    """The grid :func:`generate` samples on: ``sigmas`` if given, a grid file (``schedule="file:PATH"``),
+    """The grid :func:`generate` samples on: ``sigmas`` if given, a few-step student's own grid
+    (``model.trained_steps``; another sampler or NFE is a ``ValueError``), a grid file (``schedule="file:PATH"``),
     else the named ``schedule`` with the most steps whose run costs at most ``nfe`` evaluations."""
     if sigmas is not None:
         return check_sigmas(sigmas)
+    trained = model.trained_steps
+    if trained is not None:  # a student trained for its own steps: those, and no others
+        if sampler != trained.sampler or nfe != trained.steps:
+            raise ValueError(f"{model.name or 'this model'} is a {trained.method} student trained for {trained.steps} "
+                             f"{trained.sampler} steps on its teacher's grid: sample it with sampler "
+                             f"{trained.sampler!r} and NFE {trained.steps} (got {sampler!r}, {nfe})")
+        return check_sigmas(trained.sigmas)
     if schedule.startswith(FILE_PREFIX):
         path = Path(schedule[len(FILE_PREFIX):])
         if not path.is_file():

@@ -50,6 +50,20 @@ class SampleDefaults:
 
 
 @dataclass(frozen=True)
+class TrainedSteps:
+    """The steps a few-step student was trained to take: ``sampler`` on the decreasing grid ``sigmas`` (ending
+    at 0), ``method`` naming how (``progressive``). Its step count is ``len(sigmas) - 1``."""
+
+    method: str
+    sampler: str
+    sigmas: Tensor
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas) - 1
+
+
+@dataclass(frozen=True)
 class LoadedModel:
     """A denoiser and what generating from it needs (module docstring).
 
@@ -63,7 +77,10 @@ class LoadedModel:
     - ``defaults``: the run's sample settings, what :func:`~denoisekit.generation.generate` uses for the
       arguments it is not given (default :class:`SampleDefaults`);
     - ``name``, ``sha256``: where it came from and the hash of its weights (None when unknown);
-    - ``config``: the run's full config, when it came from a run.
+    - ``config``: the run's full config, when it came from a run;
+    - ``trained_steps``: a few-step student's own grid and sampler (:class:`TrainedSteps`: progressive
+      distillation trains its network for exactly those steps), which :func:`~denoisekit.generation.generate`
+      samples on and holds the caller to; None for every other model.
     """
 
     denoiser: DenoiserFn
@@ -77,6 +94,7 @@ class LoadedModel:
     name: str = ""
     sha256: str | None = None
     config: Any = None
+    trained_steps: TrainedSteps | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_shape", tuple(int(v) for v in self.image_shape))

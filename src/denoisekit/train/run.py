@@ -20,7 +20,7 @@ import torch
 
 from .._utils import check_choice
 from ..conditioning import condition_kind
-from ..generation import LoadedModel
+from ..generation import LoadedModel, TrainedSteps
 from ..io import load_json, load_tensors
 from ..models.autoencoder import Autoencoder
 from ..prediction import Denoiser
@@ -36,8 +36,9 @@ RUN_CONFIG, CHECKPOINTS, SAMPLES = "config.yaml", "checkpoints", "samples"
 
 def run_info(run_dir: str | os.PathLike[str], *, checkpoint: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """What sampling a run needs besides its config: ``step``, ``image_shape`` ``(C, H, W)`` (of the latents in
-    a latent run), the dataset's class names ``classes`` (may be empty) and, for a latent run, ``latent`` (the
-    autoencoder's :func:`~denoisekit.train.latent.latent_record`), from ``checkpoint`` (default: the latest)."""
+    a latent run), the dataset's class names ``classes`` (may be empty), for a latent run ``latent`` (the
+    autoencoder's :func:`~denoisekit.train.latent.latent_record`) and for a few-step student ``fewstep`` (its
+    recipe's record: method, sampler, steps, grid), from ``checkpoint`` (default: the latest)."""
     ckpt = Path(checkpoint) if checkpoint is not None else latest_checkpoint(Path(run_dir) / CHECKPOINTS)
     if ckpt is None:
         raise FileNotFoundError(f"{Path(run_dir) / CHECKPOINTS}: no checkpoint")
@@ -45,7 +46,8 @@ def run_info(run_dir: str | os.PathLike[str], *, checkpoint: str | os.PathLike[s
     try:
         return {"step": int(state["step"]), "image_shape": tuple(int(v) for v in state["image_shape"]),
                 "classes": [str(c) for c in state.get("classes", [])],
-                **({"latent": state["latent"]} if state.get("latent") else {})}
+                **({"latent": state["latent"]} if state.get("latent") else {}),
+                **({"fewstep": state["fewstep"]} if isinstance(state.get("fewstep"), dict) else {})}
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{ckpt / STATE_FILE}: malformed ({e!r})") from None
 
@@ -134,6 +136,16 @@ def run_condition(config: Config, image_shape: tuple[int, ...]) -> Any:
                                                  image_shape=image_shape)
 
 
+def trained_steps(info: dict[str, Any]) -> TrainedSteps | None:
+    """A few-step student's own grid from its :func:`run_info` (``fewstep.sigmas``), or None: progressive
+    distillation records one; consistency students sample on any grid."""
+    rec = info.get("fewstep") or {}
+    if "sigmas" not in rec:
+        return None
+    return TrainedSteps(str(rec.get("method", "few-step")), str(rec.get("sampler", "ddim")),
+                        torch.tensor(rec["sigmas"], dtype=torch.float64))
+
+
 def load_model(run_dir: str | os.PathLike[str], *, weights: Literal["ema", "model"] = "ema",
                checkpoint: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu") -> LoadedModel:
     """A run directory as a :class:`~denoisekit.generation.LoadedModel` for
@@ -147,4 +159,5 @@ def load_model(run_dir: str | os.PathLike[str], *, weights: Literal["ema", "mode
                        decoder=load_latent_decoder(run_dir, checkpoint=checkpoint, device=device),
                        classes=tuple(info["classes"]),
                        captions=tuple(config.sample.prompts), num_classes=config.num_classes,
-                       defaults=config.sample, name=str(run_dir), sha256=weights_sha256(denoiser), config=config)
+                       defaults=config.sample, name=str(run_dir), sha256=weights_sha256(denoiser), config=config,
+                       trained_steps=trained_steps(info))

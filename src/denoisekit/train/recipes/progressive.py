@@ -28,16 +28,22 @@ from torch import Tensor
 
 from ...denoiser import DenoiserFn
 from ...schedules import get_sigmas
+from ..run import run_info, trained_steps
 from .distill import DistillRecipe
 
 if TYPE_CHECKING:
     from ...engine.loop import Engine
 
 
-def teacher_grid(process: Any, schedule: str, steps: int) -> tuple[Tensor, Tensor]:
+def teacher_grid(process: Any, schedule: str, steps: int, teacher: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``(student, mid)``: the student's ``steps + 1`` levels (ending at 0), every second level of the teacher's
-    ``2 * steps``-step grid, and per student step the teacher level between them (float64)."""
-    teacher = get_sigmas(process, schedule, 2 * steps).to(torch.float64)
+    ``2 * steps``-step grid, and per student step the teacher level between them (float64). The teacher's grid is
+    ``teacher`` when given (a student of an earlier round samples on its own), else the ``schedule``'s."""
+    if teacher is None:
+        teacher = get_sigmas(process, schedule, 2 * steps)
+    teacher = teacher.to(torch.float64)
+    if len(teacher) != 2 * steps + 1:
+        raise ValueError(f"the teacher's grid has {len(teacher) - 1} steps; a {steps}-step student needs {2 * steps}")
     return teacher[::2].clone(), teacher[1::2].clone()
 
 
@@ -77,11 +83,19 @@ class ProgressiveRecipe(DistillRecipe):
         modules = super().build(engine)
         if self.steps < 1:
             raise ValueError(f"sample.nfe is the student's step count; got {self.steps}")
-        tp = self.teacher.process
+        if self.config.sample.sampler != "ddim":
+            raise ValueError(f"progressive distillation trains DDIM steps: set sample.sampler=ddim (got "
+                             f"{self.config.sample.sampler!r})")
+        tp, run = self.teacher.process, self.config.teacher.run
         if type(tp).__name__ != type(self.denoiser.process).__name__:
-            raise ValueError(f"teacher.run {self.config.teacher.run!r} uses process {type(tp).__name__}, this run "
+            raise ValueError(f"teacher.run {run!r} uses process {type(tp).__name__}, this run "
                              f"{type(self.denoiser.process).__name__}: progressive distillation needs one process")
-        self.student_grid, self.mid = teacher_grid(self.denoiser.process, self.config.sample.schedule, self.steps)
+        own = trained_steps(run_info(run))  # a student of the previous round: its own grid, at twice our steps
+        if own is not None and own.steps != 2 * self.steps:
+            raise ValueError(f"teacher.run {run!r} is a {own.method} student trained for {own.steps} steps: a student "
+                             f"of it takes half as many, sample.nfe={own.steps // 2} (got {self.steps})")
+        self.student_grid, self.mid = teacher_grid(self.denoiser.process, self.config.sample.schedule, self.steps,
+                                                   None if own is None else own.sigmas)
         return modules
 
     def step(self, batch: Any, gens: Sequence[torch.Generator], engine: Engine) -> dict[str, Tensor]:
