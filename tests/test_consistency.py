@@ -282,3 +282,23 @@ def test_consistency_recipes_record_their_method_and_keep_the_target(tmp_path):
     assert config.process.prediction == "consistency"
     x = sample(den, (2, 1, 8, 8), sampler="consistency", nfe=2, generator=torch.Generator().manual_seed(0))
     assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()
+
+
+def test_multistep_grid_skips_sigma_min_where_the_model_is_the_identity():
+    """At NFE n the consistency sampler evaluates n levels above sigma_min: the (n + 1)-step grid without its lowest
+    positive level (an evaluation at sigma_min returns its input)."""
+    from denoisekit.samplers.run import sampler_grid
+    from denoisekit.schedules import get_sigmas
+
+    process = get_process("edm")
+    for n in (1, 2, 4):
+        grid = sampler_grid(process, "consistency", "karras", n)
+        full = get_sigmas(process, "karras", n + 1)
+        assert len(grid) == n + 1 and grid[-1] == 0 and torch.equal(grid[:-1], full[:-2])
+        assert grid[-2] > CONSISTENCY_SIGMA_MIN * 10
+    seen = []
+    gmm = GaussianMixture.random(dim=2, components=3, seed=0)
+    den = Denoiser(gmm.as_network(process, "eps"), process, "eps")
+    sample(den, (4, 2), sampler="consistency", nfe=2, schedule="karras", dtype=torch.float64,
+           callback=lambda info: seen.append(float(info["sigma"])))
+    assert len(seen) == 2 and min(seen) > CONSISTENCY_SIGMA_MIN * 10

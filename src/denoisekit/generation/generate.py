@@ -28,10 +28,10 @@ from ..condition import check_condition, index_condition
 from ..denoiser import DenoiserFn
 from ..guidance import Classifier, ClassifierFreeGuidance, ClassifierGuidance, CLIPGuidance, TextEnergy
 from ..samplers import SAMPLERS
-from ..samplers.run import sample, steps_for_nfe
+from ..samplers.run import sample, sampler_grid
 from ..samplers.tuning.grid import load_sigmas
 from ..samplers.tuning.solver import LearnedSolver
-from ..schedules import SCHEDULES, check_sigmas, get_sigmas
+from ..schedules import SCHEDULES, check_sigmas
 from .model import LoadedModel, decode as decode_latents
 
 #: ``schedule="file:PATH"`` reads a grid saved by :func:`~denoisekit.samplers.tuning.grid.save_sigmas`.
@@ -118,7 +118,7 @@ def sampling_grid(model: LoadedModel, *, sampler: str, nfe: int, schedule: str, 
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; allowed: {', '.join(sorted(SCHEDULES))} or "
                          f"{FILE_PREFIX}PATH (a grid saved by save_sigmas)")
-    return get_sigmas(model.process, schedule, steps_for_nfe(sampler, nfe, **dict(options or {})))
+    return sampler_grid(model.process, sampler, schedule, nfe, **dict(options or {}))
 
 
 def _generators(generators: GeneratorLike, seed: int, n: int) -> torch.Generator | list[torch.Generator]:

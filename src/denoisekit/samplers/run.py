@@ -112,6 +112,17 @@ def steps_for_nfe(sampler: str, nfe: int, **options: Any) -> int:
     return 1 + (nfe - first) // per_step if per_step > 0 else nfe
 
 
+def sampler_grid(process: Any, sampler: str, schedule: str, nfe: int, **options: Any) -> Tensor:
+    """The ``schedule``'s grid for ``sampler`` at ``nfe`` evaluations: the most steps that cost at most ``nfe``
+    (:func:`steps_for_nfe`). Multistep consistency sampling gets the ``nfe + 1``-step grid without its lowest
+    positive level: that level is the process's sigma_min, where a consistency model is the identity, so an
+    evaluation there is wasted (Song et al. 2023, Algorithm 1, re-noises only to levels above it)."""
+    if sampler == "consistency":
+        grid = get_sigmas(process, schedule, steps_for_nfe(sampler, nfe, **options) + 1)
+        return torch.cat([grid[:-2], grid[-1:]])
+    return get_sigmas(process, schedule, steps_for_nfe(sampler, nfe, **options))
+
+
 def sample(denoiser: Denoiser, shape: Sequence[int], *, sampler: str = DEFAULT_SAMPLER, nfe: int = DEFAULT_NFE,
            schedule: str = DEFAULT_SCHEDULE, sigmas: Tensor | None = None, cond: Any = None,
            generator: GeneratorLike = None, callback: Callback | None = None, device: Any = None,
@@ -132,7 +143,7 @@ def sample(denoiser: Denoiser, shape: Sequence[int], *, sampler: str = DEFAULT_S
     options = check_sampler_options(sampler, options)
     fn = get_sampler(sampler, **options)
     process = denoiser.process
-    grid = get_sigmas(process, schedule, steps_for_nfe(sampler, nfe, **options)) if sigmas is None else check_sigmas(sigmas)
+    grid = sampler_grid(process, sampler, schedule, nfe, **options) if sigmas is None else check_sigmas(sigmas)
     if x_init is None:
         x = randn(shape, generator, device=device, dtype=dtype) * float(process.prior_std(grid[0]))
     elif tuple(x_init.shape) != tuple(shape):
