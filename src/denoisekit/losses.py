@@ -109,13 +109,17 @@ class DiffusionLoss:
         return (sigma_ve**2 + sigma_data**2) / (sigma_ve * sigma_data) ** 2  # edm
 
     def __call__(self, denoiser: Denoiser, x0: Tensor, cond: Any = None, generator: GeneratorLike = None, *,
-                 teacher: Callable[..., Tensor] | None = None) -> Tensor:
+                 teacher: Callable[..., Tensor] | None = None, eps: Tensor | None = None,
+                 t: Tensor | None = None) -> Tensor:
         """``teacher(y, sigma, cond) -> x0_hat`` (a frozen VE-frame denoiser) replaces the data as the target:
-        the network then regresses onto the teacher's denoiser at the same noisy point (distillation)."""
-        t = sample_times(denoiser.process, x0.shape[0], self.noise_levels, p_mean=self.p_mean, p_std=self.p_std,
-                         generator=generator, device=x0.device)
+        the network then regresses onto the teacher's denoiser at the same noisy point (distillation).
+        ``eps`` (the noise paired with ``x0``: a coupling, as reflow trains on) and ``t`` ``(B,)`` replace the
+        draws of the noise and of the times (then nothing is drawn from ``generator`` for them)."""
+        if t is None:
+            t = sample_times(denoiser.process, x0.shape[0], self.noise_levels, p_mean=self.p_mean,
+                             p_std=self.p_std, generator=generator, device=x0.device)
         c = denoiser.coefficients(t)
-        eps = randn_like(x0, generator)
+        eps = randn_like(x0, generator) if eps is None else eps.to(x0)
         x_t = denoiser.process.add_noise(x0, eps, t)
         if teacher is not None:  # the teacher's (x0, eps) pair that is consistent with x_t
             a, s = (v.to(x_t).reshape(-1, *[1] * (x_t.ndim - 1)) for v in (c.alpha, c.sigma))

@@ -14,6 +14,10 @@ mu                 CD's target EMA rate (Song et al. 2023, Alg. 2; 0.95 in their
 rho                the Karras grid's rho (7)
 s0, s1             iCT's discretisation curriculum N(k): from s0 + 1 to s1 + 1 levels (10 and 1280)
 p_mean, p_std      iCT's lognormal level distribution (-1.1, 2.0)
+coupling_sampler   reflow: the deterministic sampler whose teacher ODE makes the (noise, sample) pairs
+coupling_nfe       reflow: its network evaluations per pair (32)
+coupling_schedule  reflow: its grid (``auto``: uniform in t for a flow)
+one_step           reflow: train at ``t = t_max`` only (Liu et al. 2023's distillation to one Euler step)
 =================  ==================================================================================
 
 Both recipes' grids run from :data:`~denoisekit.prediction.CONSISTENCY_SIGMA_MIN` to the process's
@@ -26,6 +30,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from ..options import Section
+from ..samplers import SAMPLERS, STOCHASTIC
+from ..schedules import SCHEDULES
 
 Solver = Literal["heun", "euler", "dpmpp_2s"]
 Metric = Literal["auto", "l2", "pseudo_huber"]
@@ -46,6 +52,10 @@ class FewStepConfig(Section):
     s1: int = 1280
     p_mean: float = -1.1
     p_std: float = 2.0
+    coupling_sampler: str = "flow_heun"
+    coupling_nfe: int = 32
+    coupling_schedule: str = "auto"
+    one_step: bool = False
 
     def _check(self) -> None:
         self._require(self.levels >= 2, "levels", ">= 2")
@@ -54,3 +64,8 @@ class FewStepConfig(Section):
         self._require(self.rho > 0, "rho", "> 0")
         self._require(1 <= self.s0 <= self.s1, "s0", "an integer >= 1 and <= fewstep.s1")
         self._require(self.p_std > 0, "p_std", "> 0")
+        deterministic = sorted(set(SAMPLERS) - STOCHASTIC)
+        self._require(self.coupling_sampler in deterministic, "coupling_sampler",
+                      f"a deterministic sampler (an ODE coupling): one of {', '.join(deterministic)}")
+        self._require(self.coupling_nfe >= 1, "coupling_nfe", ">= 1")
+        self._require(self.coupling_schedule in SCHEDULES, "coupling_schedule", f"one of {', '.join(SCHEDULES)}")

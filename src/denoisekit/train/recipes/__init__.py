@@ -8,10 +8,11 @@ from .diffusion import DiffusionRecipe
 from .distill import DistillRecipe
 from .lora import LoraRecipe
 from .progressive import ProgressiveRecipe
+from .reflow import ReflowRecipe
 
 RECIPES: dict[str, type] = {"diffusion": DiffusionRecipe, "distill": DistillRecipe, "progressive": ProgressiveRecipe,
                             "consistency_distill": ConsistencyDistillRecipe, "consistency_train": ConsistencyTrainRecipe,
-                            "lora": LoraRecipe}
+                            "lora": LoraRecipe, "reflow": ReflowRecipe}
 
 __all__ = ["RECIPES", "ConsistencyDistillRecipe", "ConsistencyTrainRecipe", "DiffusionRecipe", "DistillRecipe",
-           "LoraRecipe", "ProgressiveRecipe"]
+           "LoraRecipe", "ProgressiveRecipe", "ReflowRecipe"]
