@@ -111,6 +111,21 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]",
                    help="a LoRA adapter for this run (a .safetensors in the denoisekit, diffusers or kohya layout, or a "
                         "lora run's directory) at WEIGHT (default 1; 0: the base); repeatable: the deltas add up")
+    p.add_argument("--embedding", action="append", default=[], metavar="FILE",
+                   help="textual-inversion tokens for this text run (a .safetensors or a textual_inversion run's "
+                        "directory), so that prompts can use them: --prompt \"a <my-star> shape\"; repeatable")
+    p.add_argument("--controlnet", action="append", default=[], metavar="FILE",
+                   help="a ControlNet or T2I-Adapter for this run (a controlnet run's directory or its "
+                        "controlnet.safetensors); repeatable: their residuals add up, each reading its --control")
+    p.add_argument("--control", action="append", default=[], metavar="IMAGE",
+                   help="the control image (edge map, mask, ...; grayscale, at the model's size, 0-255 read as 0-1) "
+                        "of each --controlnet, in order")
+    p.add_argument("--control-scale", type=float, action="append", default=None, metavar="S",
+                   help="conditioning scale of each --controlnet (one for all, or one each; default 1; 0: the base)")
+    p.add_argument("--control-start", type=float, default=0.0, metavar="F",
+                   help="control_guidance_start: the fraction of the trajectory (1 - t) where control starts")
+    p.add_argument("--control-end", type=float, default=1.0, metavar="F",
+                   help="control_guidance_end: the fraction of the trajectory where control ends")
     p.add_argument("--threads", type=positive_int, default=None, help=THREADS_HELP)
     add_device(p)
 
@@ -348,6 +363,53 @@ def _with_loras(args: argparse.Namespace, model: Any) -> Any:
         raise UsageError(str(e)) from None
 
 
+def _with_embeddings(args: argparse.Namespace, model: Any) -> Any:
+    """``model`` with the ``--embedding FILE`` tokens; a prompt's ``<token>`` that none loads is an error."""
+    from ..generation.adapters import embedding_tokens, with_embeddings
+    from ..models.text_inversion import check_known_tokens
+
+    try:
+        model = with_embeddings(model, args.embedding)
+        check_known_tokens(_prompts(args) or [], embedding_tokens(model))
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(str(e)) from None
+    return model
+
+
+def _with_controls(args: argparse.Namespace, model: Any) -> Any:
+    """``model`` with the ``--controlnet`` modules reading the ``--control`` images
+    (:mod:`denoisekit.generation.control`)."""
+    from ..data.folder import load_image
+    from ..generation.control import with_controlnets
+
+    if not args.controlnet:
+        if args.control or args.control_scale is not None:
+            raise UsageError("--control and --control-scale need --controlnet")
+        return model
+    if len(args.control) != len(args.controlnet):
+        raise UsageError(f"give one --control image per --controlnet ({len(args.controlnet)}), got {len(args.control)}")
+    scales = args.control_scale or [1.0]
+    if len(scales) not in (1, len(args.controlnet)):
+        raise UsageError(f"give one --control-scale, or one per --controlnet ({len(args.controlnet)})")
+    scales = scales * len(args.controlnet) if len(scales) == 1 else scales
+    images = []
+    for path in args.control:
+        if not Path(path).is_file():
+            raise UsageError(f"--control {path!r} does not exist")
+        try:
+            images.append((load_image(path, None, 1) + 1) / 2)
+        except OSError as e:
+            raise UsageError(f"--control {path!r}: not a readable image ({e})") from None
+    if len({tuple(im.shape) for im in images}) > 1:
+        raise UsageError(f"the --control images differ in size: {', '.join(str(tuple(im.shape[1:])) for im in images)}")
+    try:
+        return with_controlnets(model, list(zip(args.controlnet, scales)), control=torch.cat(images)[None],
+                                start=args.control_start, end=args.control_end)
+    except (ValueError, FileNotFoundError) as e:
+        named = f"--control {', '.join(args.control)}" if str(e).startswith("the control image") else "--controlnet"
+        raise UsageError(f"{named}: {e}") from None
+
+
 def _run_sample(args: argparse.Namespace) -> int:
     from ..pipelines.generate import generate_images
     from ..pipelines.output import check_output
@@ -358,6 +420,8 @@ def _run_sample(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(f"--out: {e}") from None
     model = _with_loras(args, load_model(args.run, weights=args.weights, device=resolve_device(args.device)))
+    model = _with_embeddings(args, model)
+    model = _with_controls(args, model)
     settings, shown_as = _settings(args, model)
     n = args.n or model.defaults.n
     if image_conditioner(model.condition) is not None or args.source is not None:

@@ -33,6 +33,13 @@ Held-out combinations: ``holdout=("red star", ...)`` never draws those (colour, 
 that would have one is re-drawn), so a text-to-image model trained on the data has never seen them;
 :data:`DEFAULT_HOLDOUT` is the list the text-to-image preset uses. An empty holdout (the default)
 leaves every image exactly as before.
+
+A subject for personalisation (DreamBooth, textual inversion): ``subject=p`` makes the first shape of an
+image, with probability ``p`` (decided by a generator of its own, so every other draw is as before), *the*
+subject: a star with a fixed two-colour pattern (:data:`SUBJECT_COLOURS`: an orange star with a blue disc at
+its centre), captioned with ``subject_word`` in the colour's place ("a large sks star on the left"), marked
+in the item's ``subject`` (bool (M,), only when ``subject > 0``). ``subject=0`` (the default) is exactly the
+dataset without it, so a base trained on it has never seen the pattern.
 """
 
 from __future__ import annotations
@@ -77,6 +84,10 @@ ORDERS = ("from left to right", "from top to bottom")
 #: composition of attributes seen only apart: one per kind, each in a different colour, so every kind and
 #: every colour is still seen with five or seven partners.
 DEFAULT_HOLDOUT = ("red star", "blue triangle", "green circle", "yellow square", "purple diamond", "cyan cross")
+#: The subject (``subject > 0``): a star of the first colour with a disc of the second at its centre.
+SUBJECT_KIND, SUBJECT_COLOURS = "star", ("orange", "blue")
+#: The disc's radius as a fraction of the star's half-extent.
+SUBJECT_DISC = 0.32
 
 
 @dataclass(frozen=True)
@@ -98,6 +109,8 @@ class ShapesConfig:
     return_masks: bool = True
     cache: bool = False
     holdout: tuple[str, ...] = ()  # "colour kind" pairs never drawn, e.g. DEFAULT_HOLDOUT
+    subject: float = 0.0  # probability that an image's first shape is the subject (module docstring)
+    subject_word: str = "sks"  # the subject's word in captions, in the colour's place
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kinds", tuple(self.kinds))  # YAML gives lists
@@ -126,6 +139,13 @@ class ShapesConfig:
         check_choice("shapes label_from", self.label_from, LABEL_FROM)
         if not 0.0 <= self.max_overlap <= 1.0:
             raise ValueError(f"shapes: max_overlap must be in [0, 1], got {self.max_overlap!r}")
+        if not 0.0 <= self.subject <= 1.0:
+            raise ValueError(f"shapes: subject must be a probability in [0, 1], got {self.subject!r}")
+        if self.subject > 0 and (SUBJECT_KIND not in self.kinds or SUBJECT_COLOURS[0] not in self.colours):
+            raise ValueError(f"shapes: subject > 0 needs kind {SUBJECT_KIND!r} and colour {SUBJECT_COLOURS[0]!r} "
+                             f"among kinds and colours")
+        if not re.fullmatch(r"[a-z0-9<>_-]+", self.subject_word or ""):
+            raise ValueError(f"shapes: subject_word must be one lower-case word, got {self.subject_word!r}")
         held = held_out_pairs(self.holdout)
         if len(set(held)) != len(held):
             raise ValueError(f"shapes: holdout pairs must not repeat, got {list(self.holdout)}")
@@ -155,6 +175,7 @@ class ShapeSpec:
     x: float
     y: float
     half: float
+    subject: bool = False  # the subject of ``subject > 0`` (its pattern drawn over the star)
 
 
 @dataclass
@@ -383,6 +404,9 @@ class ShapesDataset(Dataset):
                 if all(_box_overlap(cand, p) <= cfg.max_overlap for p in placed):
                     placed.append(cand)
                     break
+        if cfg.subject > 0 and placed and np.random.default_rng([cfg.seed, index, 7]).random() < cfg.subject:
+            placed[0] = replace(placed[0], kind=cfg.kinds.index(SUBJECT_KIND),
+                                colour=cfg.colours.index(SUBJECT_COLOURS[0]), subject=True)
         order, _ = caption_order([(p.x, p.y) for p in placed])
         return bg, [placed[i] for i in order]
 
@@ -409,13 +433,25 @@ class ShapesDataset(Dataset):
                 draw.ellipse((cx - h, cy - h, cx + h, cy + h), fill=k + 1)
             else:
                 draw.polygon(outline, fill=k + 1)
-        image = np.asarray(canvas.convert("RGB").reduce(ss))  # box filter = exact subpixel average
+        if any(s.subject for s in shapes):  # the subject's disc, on its own subpixels only
+            rgb = np.array(canvas.convert("RGB"))
+            ids = np.asarray(canvas)
+            for k, s in enumerate(shapes):
+                if s.subject:
+                    disc = Image.new("L", canvas.size, 0)
+                    cx, cy, r = s.x * ss - 0.5, s.y * ss - 0.5 + 0.1 * s.half * ss, SUBJECT_DISC * s.half * ss
+                    ImageDraw.Draw(disc).ellipse((cx - r, cy - r, cx + r, cy + r), fill=1)
+                    rgb[(np.asarray(disc) > 0) & (ids == k + 1)] = COLOURS[SUBJECT_COLOURS[1]]
+            image = np.asarray(Image.fromarray(rgb).reduce(ss))
+        else:
+            image = np.asarray(canvas.convert("RGB").reduce(ss))  # box filter = exact subpixel average
         # Subpixel count of every id in every output pixel, by one bincount over (pixel, id) keys.
         K = cfg.max_shapes + 1
         keys = self._pixel_keys + np.asarray(canvas).ravel()
         coverage = np.bincount(keys, minlength=S * S * K).reshape(S, S, K)
         label_map = coverage.argmax(-1).astype(np.uint8)  # ties go to the lower id (background)
-        words = [(SIZES[s.size], cfg.colours[s.colour], cfg.kinds[s.kind]) for s in shapes]
+        words = [(SIZES[s.size], cfg.subject_word if s.subject else cfg.colours[s.colour], cfg.kinds[s.kind])
+                 for s in shapes]
         caption = make_caption(words, [(s.x / S, s.y / S) for s in shapes])
         sample = ShapesSample(image, label_map, shapes, bg, caption)
         if cfg.cache:
@@ -451,6 +487,8 @@ class ShapesDataset(Dataset):
             "positions": torch.from_numpy(positions),
             "background": torch.tensor(sample.background, dtype=torch.float32) / 127.5 - 1,
         }
+        if cfg.subject > 0:
+            item["subject"] = torch.tensor([k < n and sample.shapes[k].subject for k in range(M)])
         if cfg.label_from != "none" and n > 0:
             item["label"] = torch.tensor(self._class_label(sample.shapes), dtype=torch.int64)
         if cfg.return_masks:

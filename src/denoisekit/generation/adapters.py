@@ -79,3 +79,47 @@ def set_lora_weights(model: LoadedModel, weights: Mapping[str, float]) -> None:
 
 def lora_names(model: LoadedModel) -> list[str]:
     return list(lora.adapters(network(model)))
+
+
+def with_embeddings(model: LoadedModel, files: Sequence[str | os.PathLike[str]]) -> LoadedModel:
+    """``model`` with the textual-inversion token files loaded (``sample --embedding FILE``; a
+    ``textual_inversion`` run's directory means its ``embedding.safetensors``): their tokens join one table
+    of new MiniLM rows on the model's text network (in place), ``name`` / ``sha256`` saying so. A file made
+    for another text encoder, or a token loaded twice, is one line naming the file."""
+    import torch
+
+    from ..models import text_inversion as ti
+
+    if not files:
+        return model
+    net = network(model)
+    base = getattr(net, "encoder", None)
+    base = getattr(base, "base", base)
+    if not isinstance(base, ti.MiniLMEncoder):
+        raise ValueError(f"--embedding needs a text model on the MiniLM encoder; {model.name or 'this model'} "
+                         f"has {type(base).__name__ if base is not None else 'no text encoder'}")
+    loaded = [ti.load_embeddings(f, base) for f in files]
+    have = getattr(net, "token_embeddings", None)
+    parts = ([have] if have is not None else []) + loaded
+    if len({p.num_vectors for p in parts}) > 1:
+        raise ValueError(f"--embedding: the files have different vectors per token "
+                         f"({sorted({p.num_vectors for p in parts})}); load files of one num_vectors together")
+    tokens = [t for p in parts for t in p.tokens]
+    dup = sorted({t for t in tokens if tokens.count(t) > 1})
+    if dup:
+        raise ValueError(f"--embedding: token {dup[0]} is loaded twice ({', '.join(map(str, files))})")
+    device = next(net.parameters()).device
+    ti.attach(net, ti.TokenEmbeddings(tokens, torch.cat([p.vectors.detach() for p in parts])).to(device)
+              .requires_grad_(False))
+    digest = hashlib.sha256((model.sha256 or "").encode())
+    for f in files:
+        file = Path(f) / ti.EMBEDDING_FILE if Path(f).is_dir() else Path(f)
+        digest.update(b"|embedding|" + file_sha256(file).encode())
+    return replace(model, name=f"{model.name} + embedding {', '.join(map(str, files))}", sha256=digest.hexdigest())
+
+
+def embedding_tokens(model: LoadedModel) -> list[str]:
+    """The textual-inversion tokens loaded on ``model`` (none: ``[]``)."""
+    net = getattr(model.denoiser, "net", None)
+    emb = getattr(net, "token_embeddings", None)
+    return list(emb.tokens) if emb is not None else []

@@ -381,7 +381,13 @@ class TextConditioned(nn.Module):
     def encoder(self) -> TextEncoder:
         if self.text_encoder is not None:
             return self.text_encoder  # type: ignore[return-value]
-        return get_text_encoder(self.encoder_name, **self.encoder_options)
+        shared = get_text_encoder(self.encoder_name, **self.encoder_options)
+        extra = getattr(self, "token_embeddings", None)  # textual inversion's new tokens (models/text_inversion.py)
+        if extra is not None:
+            from .text_inversion import InvertedEncoder
+
+            return InvertedEncoder(shared, extra)  # type: ignore[arg-type,return-value]
+        return shared
 
     def extra_repr(self) -> str:
         return "" if self.text_encoder is not None else f"encoder={self.encoder!r}"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -242,7 +243,51 @@ class UNet(nn.Module):
         if c.channels_last:
             self.to(memory_format=torch.channels_last)
 
-    def forward(self, x: Tensor, time: Tensor | float, cond: Any = None) -> Tensor:
+    def forward(self, x: Tensor, time: Tensor | float, cond: Any = None, *,
+                residuals: Sequence[Tensor] | None = None, features: Sequence[Tensor] | None = None) -> Tensor:
+        """``residuals``: one tensor per encoder skip (``len(self.skip_channels)``) then one for the middle
+        block's output, added where the decoder reads them (ControlNet, Zhang et al. 2023, Sec. 3.2);
+        ``features``: one per level, added to the encoder's activations after the level's last block
+        (T2I-Adapter, Mou et al. 2023, Sec. 3.2). None: the plain U-Net, bit for bit."""
+        c = self.config
+        h, emb, ctx, mask = self.embed(x, time, cond)
+        h, skips = self.encode(h, emb, ctx, mask, features=features)
+        if residuals is not None:
+            if len(residuals) != len(skips) + 1:
+                raise ValueError(f"residuals: expected {len(skips) + 1} tensors (one per skip, then the middle), "
+                                 f"got {len(residuals)}")
+            skips = [s + r for s, r in zip(skips, residuals[:-1], strict=True)]
+            h = h + residuals[-1]
+        for layer in self.up:
+            if isinstance(layer, Block):
+                h = layer(torch.cat([h, skips.pop()], dim=1), emb, ctx, mask)
+            else:
+                h = layer(h)
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        return out.contiguous() if c.channels_last else out
+
+    @property
+    def skip_channels(self) -> list[int]:
+        """Channels of each encoder skip, in order (what ``residuals`` must match, then the middle's)."""
+        c = self.config
+        out = [c.channels]
+        for layer in self.down:
+            out.append(layer.res.conv1.out_channels if isinstance(layer, Block) else layer.out_channels)
+        return out
+
+    @property
+    def level_ends(self) -> list[int]:
+        """Index in :attr:`down` of each level's last block (where ``features`` are added)."""
+        ends, i = [], 0
+        for n in self.config.blocks_per_level:
+            i += n
+            ends.append(i - 1)
+            i += 1  # the level's downsampling conv (none after the last level: the loop ends)
+        return ends
+
+    def embed(self, x: Tensor, time: Tensor | float, cond: Any = None
+              ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """``(conv_in(x [+ concat]), emb, context, context_mask)``: the encoder's inputs."""
         c = self.config
         check_divisible(x, c.in_channels, c.divisor, f"UNet with {len(c.channel_mult)} levels")
         info = parse_conditioning(cond, x, num_classes=c.num_classes, context_dim=c.context_dim,
@@ -255,19 +300,23 @@ class UNet(nn.Module):
             x = torch.cat([x, info.concat], dim=1)
         if c.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        ctx, mask = info.context, info.context_mask
+        return self.conv_in(x), emb, info.context, info.context_mask
 
-        h = self.conv_in(x)
+    def encode(self, h: Tensor, emb: Tensor, ctx: Tensor | None, mask: Tensor | None, *,
+               features: Sequence[Tensor] | None = None) -> tuple[Tensor, list[Tensor]]:
+        """The encoder and middle block from ``conv_in``'s output: ``(middle output, skips)``."""
+        ends = {}
+        if features is not None:
+            if len(features) != len(self.config.channel_mult):
+                raise ValueError(f"features: expected {len(self.config.channel_mult)} tensors (one per level), "
+                                 f"got {len(features)}")
+            ends = dict(zip(self.level_ends, features, strict=True))
         skips = [h]
-        for layer in self.down:
+        for i, layer in enumerate(self.down):
             h = layer(h, emb, ctx, mask) if isinstance(layer, Block) else layer(h)
+            if i in ends:
+                h = h + ends[i]
             skips.append(h)
         for layer in self.mid:
             h = layer(h, emb, ctx, mask)
-        for layer in self.up:
-            if isinstance(layer, Block):
-                h = layer(torch.cat([h, skips.pop()], dim=1), emb, ctx, mask)
-            else:
-                h = layer(h)
-        out = self.conv_out(F.silu(self.norm_out(h)))
-        return out.contiguous() if c.channels_last else out
+        return h, skips

@@ -83,7 +83,10 @@ def load_run(run_dir: str | os.PathLike[str], *, weights: Literal["ema", "model"
     state = load_json(ckpt / STATE_FILE)
     if check_depends and isinstance(state, dict):
         lineage.check(state.get("depends", []), f"cannot load {run} (load_run(..., check_depends=False) loads it anyway)")
-    role = state.get("delta_of") or state.get("lora_of") if isinstance(state, dict) else None
+    if isinstance(state, dict) and state.get("controlnet_of"):
+        raise ValueError(f"{run} holds a ControlNet / T2I-Adapter, not a model: sample its base "
+                         f"(init.from_run) with --controlnet {run}")
+    role = (state.get("delta_of") or state.get("lora_of") or state.get("embedding_of")) if isinstance(state, dict) else None
     if role:  # only the trained part (some tensors, or a LoRA adapter): compose it with its base
         base = next((d for d in state.get("depends", []) if d.get("role") == role), None)
         if base is None:
@@ -96,6 +99,11 @@ def load_run(run_dir: str | os.PathLike[str], *, weights: Literal["ema", "model"
             from ..models.lora import LoraConfig, add_adapter
 
             add_adapter(net, LoraConfig.from_dict(state["lora"]), "default", trainable=False)
+        if state.get("embedding_of"):  # textual inversion's new token rows (sample BASE --embedding FILE too)
+            from ..models.text_inversion import TokenEmbeddings, attach
+
+            vectors = tensors["token_embeddings.vectors"]
+            attach(net, TokenEmbeddings(state["tokens"], torch.zeros_like(vectors)).requires_grad_(False))
         load_delta(net, tensors, str(path))
     else:
         load_weights(net, tensors, str(path))

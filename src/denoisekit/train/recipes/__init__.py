@@ -4,15 +4,20 @@ Other runs have their own configs and commands: the autoencoder (:mod:`denoiseki
 noise-conditional classifier (:mod:`denoisekit.train.classifier`), the baselines and the 2-D toys."""
 
 from .consistency import ConsistencyDistillRecipe, ConsistencyTrainRecipe
+from .controlnet import ControlNetRecipe
 from .diffusion import DiffusionRecipe
 from .distill import DistillRecipe
+from .dreambooth import DreamBoothRecipe
 from .lora import LoraRecipe
 from .progressive import ProgressiveRecipe
 from .reflow import ReflowRecipe
+from .textual_inversion import TextualInversionRecipe
 
 RECIPES: dict[str, type] = {"diffusion": DiffusionRecipe, "distill": DistillRecipe, "progressive": ProgressiveRecipe,
                             "consistency_distill": ConsistencyDistillRecipe, "consistency_train": ConsistencyTrainRecipe,
-                            "lora": LoraRecipe, "reflow": ReflowRecipe}
+                            "reflow": ReflowRecipe, "lora": LoraRecipe, "controlnet": ControlNetRecipe,
+                            "textual_inversion": TextualInversionRecipe, "dreambooth": DreamBoothRecipe}
 
-__all__ = ["RECIPES", "ConsistencyDistillRecipe", "ConsistencyTrainRecipe", "DiffusionRecipe", "DistillRecipe",
-           "LoraRecipe", "ProgressiveRecipe", "ReflowRecipe"]
+__all__ = ["RECIPES", "ConsistencyDistillRecipe", "ConsistencyTrainRecipe", "ControlNetRecipe", "DiffusionRecipe",
+           "DistillRecipe", "DreamBoothRecipe", "LoraRecipe", "ProgressiveRecipe", "ReflowRecipe",
+           "TextualInversionRecipe"]
