@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = sorted((ROOT / "docs" / "tutorials").glob("*.md"))
+PAGES = sorted((ROOT / "docs" / "tutorials").glob("*.md")) + sorted(
+    p for p in (ROOT / "docs" / "course").glob("*.md") if p.name != "README.md")  # the course's index runs nothing
 
 
 #: Commands whose cost is their model evaluations per image: at most QUICK_NFE in the quick form.
@@ -29,11 +30,11 @@ def quick(script: str) -> str:
     script = re.sub(r"--steps (\d+)", lambda m: f"--steps {min(int(m.group(1)), 5)}", script)  # score distillation
     script = re.sub(rf"^(denoisekit (?:{'|'.join(NFE_COMMANDS)}) (?:(?!--nfe)[^\n])*)$", rf"\1 --nfe {QUICK_NFE}",
                     script, flags=re.M)
-    return script.replace("docs/tutorials/", "figures/")
+    return script.replace("docs/tutorials/", "figures/").replace("docs/course/", "figures/")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
+@pytest.mark.parametrize("page", PAGES, ids=[f"{p.parent.name}/{p.stem}" for p in PAGES])
 def test_tutorial_runs(page, tmp_path):
     text = page.read_text()
     blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
@@ -47,5 +48,6 @@ def test_tutorial_runs(page, tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
         assert proc.returncode == 0, f"{page.name}:\n{quick(block)}\n{proc.stdout[-3000:]}"
     for figure in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text):
-        assert (page.parent / figure).is_file(), f"{page.name} shows {figure}, which is not in docs/tutorials/"
+        assert (page.parent / figure).is_file(), \
+            f"{page.name} shows {figure}, which is not in {page.parent.relative_to(ROOT)}/"
         assert (tmp_path / "figures" / Path(figure).name).is_file(), f"the quick run did not write {figure}"
