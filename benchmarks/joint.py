@@ -1,9 +1,10 @@
-"""Joint denoising on class-conditional digits: seams, coherence, per-crop class, anagrams, wall time.
+"""Joint denoising on class-conditional digits: seams, coherence, per-crop FID/KID and class, regions, anagrams.
 
 The model: ``configs/digits-demo.yaml`` at 1000 steps (8x8 digits, the tutorial's; trained here into
 ``runs/joint/digits`` when missing, or ``--run``); beside it the exact denoiser of a Gaussian mixture of smooth
-images whose content reaches the window's edges (:class:`Oracle`). Canvases of 8x64 (eight windows' width) with one class each (canvas ``i`` has class
-``i mod 10``), 20 DDIM steps at the run's guidance, the same seeds for every case:
+images whose content reaches the window's edges (:class:`Oracle`). 64 canvases of 8x64 (eight windows' width,
+so 512 crops) with one class each (canvas ``i`` has class ``i mod 10``), 20 DDIM steps at the run's guidance,
+the same seeds for every case:
 
 - **naive tiling**: windows every 8 px (stride = window): eight independent images side by side;
 - **MultiDiffusion** (Bar-Tal et al. 2023) windows every 4 px (and 2 px), averaging what SyncTweedies (Kim et al. 2024)
@@ -19,8 +20,13 @@ those across the other columns (1: no seam where tiles would meet); *wrap* = the
 right-to-left wrap border (a loop panorama's seam); *coherence* = mean squared distance between the digits
 network's features of the eight non-overlapping 8x8 crops (the Intra-LPIPS analogue: lower is more alike);
 *class* = the fraction of crops the digits classifier reads as the canvas's class (per-crop alignment);
-*s / canvas* = wall time. Anagrams (Geng et al. 2024): pairs of classes ``(a, b)`` with the rot180 or flip
-view; *both* = the fraction read as ``a`` as is and as ``b`` through the view.
+*FID* / *KID* (x 1e3) = the non-overlapping 8x8 crops against the digits data in the digits classifier's
+feature space (:func:`denoisekit.eval.report.evaluate`, with its real-vs-real floor: held-out digits against
+the same reference half); *s / canvas* = wall time. *Region prompts* (MultiDiffusion Sec. 3.2): the canvas's
+left half has class ``a``, its right half ``(a + 5) mod 10`` (hard masks); *left* / *right* = the fraction of
+each region's crops read as its class, *seam* = across the regions' border. Anagrams (Geng et al. 2024):
+``--pairs`` pairs of classes ``(a, b)`` with the rot180 or flip view; *both* = the fraction read as ``a`` as is
+and as ``b`` through the view.
 
     python benchmarks/joint.py                 # rewrites its RESULTS.md section
     python benchmarks/joint.py --quick --no-write
@@ -74,6 +80,24 @@ def scores(x: torch.Tensor, labels: torch.Tensor | None, net: Any) -> dict[str, 
             "coherence": float(coherence), "class": float("nan") if pred is None else float((pred == labels).float().mean())}
 
 
+def crop_quality(x: torch.Tensor, crop_labels: torch.Tensor, net: Any) -> dict[str, Any]:
+    """Per-crop FID / KID (and the real-vs-real floor) of the canvases' non-overlapping 8x8 crops against the
+    digits data, in the digits network's feature space (:func:`denoisekit.eval.report.evaluate`);
+    ``crop_labels`` ``(K * B,)``: each crop's intended class, in :func:`crops` order."""
+    from denoisekit.eval.report import evaluate
+
+    import warnings
+
+    c = crops(x.clamp(-1, 1)).flatten(0, 1)
+    with warnings.catch_warnings():  # "resized to 16x16": both sets alike, said in the section's text
+        warnings.simplefilter("ignore", UserWarning)
+        return evaluate(c, ref="digits", labels=crop_labels, features=net)
+
+
+def fid_cells(q: dict[str, Any]) -> str:
+    return f"{q['fid']:.2f} | {1000 * q['kid']:.1f} |"
+
+
 class Oracle:
     """The exact denoiser of a Gaussian mixture of smooth 8x8 images whose content reaches the edges (the
     tests' model): where naive tiles meet, their content does not continue, so seams are visible."""
@@ -94,7 +118,9 @@ class Oracle:
         return self.gm.denoise(y, sigma)
 
 
-def panorama_rows(model: Any, net: Any, n: int, nfe: int, labels: torch.Tensor | None) -> list[str]:
+def panorama_rows(model: Any, net: Any, n: int, nfe: int, labels: torch.Tensor | None,
+                  floor: dict[str, Any] | None = None) -> list[str]:
+    """One table row per case; with ``net`` also per-crop FID / KID (the floor of the last goes in ``floor``)."""
     from denoisekit.pipelines.joint import Term, joint_sample
     from denoisekit.pipelines.views import windows
 
@@ -122,8 +148,48 @@ def panorama_rows(model: Any, net: Any, n: int, nfe: int, labels: torch.Tensor |
         x = joint_sample(model, case_terms, n, cond=labels, nfe=nfe, seed=0, **options)
         seconds = (time.perf_counter() - t0) / n
         s = scores(x.cpu(), labels, net)
-        rows.append(f"| {name} | {len(case_terms)} | {s['seam']:.2f} | {s['wrap']:.2f} | {s['coherence']:.2f} | "
-                    f"{s['class']:.2f} | {seconds:.3f} |".replace("| nan |", "| |"))
+        quality = ""
+        if net is not None:
+            q = crop_quality(x.cpu(), labels.repeat(WIDTH // 8), net)
+            quality = " " + fid_cells(q)
+            if floor is not None:
+                floor.update(q["floor"], n_compared=q["n_compared"], n_ref_kept=q["n_ref_kept"])
+        rows.append(f"| {name} | {len(case_terms)} | {s['seam']:.2f} | {s['wrap']:.2f} | {s['coherence']:.2f} |"
+                    f"{quality} {s['class']:.2f} | {seconds:.3f} |".replace("| nan |", "| |"))
+        print(rows[-1], flush=True)
+    return rows
+
+
+def region_rows(model: Any, net: Any, n: int, nfe: int) -> list[str]:
+    """Region prompts (MultiDiffusion Sec. 3.2): the canvas's left half has class ``a``, its right half
+    ``b = (a + 5) mod 10``, ``ceil(n / 10)`` canvases for each ``a`` in 0..9; *left* / *right* = the fraction
+    of each half's crops read as its class."""
+    from denoisekit.pipelines.joint import joint_sample, region_terms, seam_ratio
+    from denoisekit.pipelines.views import windows
+
+    half, k, per = WIDTH // 2, WIDTH // 8, -(-n // 10)
+    masks = torch.zeros(2, 8, WIDTH)
+    masks[0, :, :half], masks[1, :, half:] = 1, 1
+    rows = []
+    for name, stride in (("naive tiling (stride 8)", 8), ("MultiDiffusion x0 (stride 4)", 4),
+                         ("MultiDiffusion x0 (stride 2)", 2)):
+        xs, ys = [], []
+        t0 = time.perf_counter()
+        for a in range(10):
+            b = (a + 5) % 10
+            terms = region_terms(windows((8, WIDTH), (8, 8), stride), masks, [a, b])
+            xs.append(joint_sample(model, terms, per, nfe=nfe, seed=a * per, sampler="ddim").cpu())
+            ys.append(torch.tensor([a] * (k // 2) + [b] * (k - k // 2)))  # per crop, left to right
+        seconds = (time.perf_counter() - t0) / (10 * per)
+        x = torch.cat(xs)
+        want = torch.cat([y[:, None].expand(k, per) for y in ys], dim=1)  # (K, B) like crops()
+        q = crop_quality(x, want.flatten(), net)
+        with torch.no_grad():
+            pred = net.predict(crops(x.clamp(-1, 1)).flatten(0, 1)).view(k, len(x))
+        ok = pred == want
+        left, right = float(ok[:k // 2].float().mean()), float(ok[k // 2:].float().mean())
+        rows.append(f"| {name} | {len(terms)} | {seam_ratio(x, [half - 1]):.2f} | {fid_cells(q)} {left:.2f} | "
+                    f"{right:.2f} | {seconds:.3f} |")
         print(rows[-1], flush=True)
     return rows
 
@@ -131,7 +197,8 @@ def panorama_rows(model: Any, net: Any, n: int, nfe: int, labels: torch.Tensor |
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", default=str(RUN), help="a class-conditional 8x8 digits run (trained when missing)")
-    ap.add_argument("--n", type=int, default=20, help="canvases per case (default 20)")
+    ap.add_argument("--n", type=int, default=64, help="canvases per case (default 64: 512 crops for FID / KID)")
+    ap.add_argument("--pairs", type=int, default=20, help="anagram class pairs drawn (default 20)")
     ap.add_argument("--quick", action="store_true", help="4 canvases, 6 steps: a smoke test")
     ap.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     ap.add_argument("--threads", type=int, default=None)
@@ -152,13 +219,15 @@ def main() -> None:
     n, nfe = (4, 6) if args.quick else (args.n, NFE)
     labels = torch.arange(n) % 10
     win = (8, 8)
-    rows = panorama_rows(model, net, n, nfe, labels)
+    floor: dict[str, Any] = {}
+    rows = panorama_rows(model, net, n, nfe, labels, floor)
+    region = region_rows(model, net, n, nfe)
     from denoisekit.generation import LoadedModel
 
     oracle_rows = panorama_rows(LoadedModel(Oracle(), image_shape=(1, 8, 8)), None, n, nfe, None)
     # anagrams: class pairs (a, b), read as a as is and as b through the view
     g = torch.Generator().manual_seed(0)
-    pairs = [(int(a), int(b)) for a, b in torch.randint(0, 10, (n, 2), generator=g) if a != b] or [(6, 9)]
+    pairs = [(int(a), int(b)) for a, b in torch.randint(0, 10, (4 if args.quick else args.pairs, 2), generator=g) if a != b] or [(6, 9)]
     ana = []
     for view in ("rot180", "flip"):
         v = anagram_view(view, win)
@@ -180,9 +249,20 @@ def main() -> None:
         f"8x{WIDTH} per case from the 8x8 digits demo run, {nfe} DDIM steps at its guidance; see the script's "
         f"docstring for the scores). seam: tile-border over interior gradient energy (1 = no seam); wrap: the "
         f"right-to-left border; coherence: mean squared feature distance between the eight crops; class: crops "
-        f"read as the canvas's class.", "",
-        "| case | windows | seam | wrap | coherence | class | s / canvas |", "|---|---|---|---|---|---|---|",
-        *rows, "",
+        f"read as the canvas's class. FID / KID (x 1e3): the {n * WIDTH // 8} non-overlapping 8x8 crops against "
+        f"the digits data in the digits classifier's feature space (`denoisekit.eval.report.evaluate`; the "
+        f"network reads 16x16, so crops and digits alike are upsampled); the real-vs-real floor "
+        f"({floor.get('n_compared')} held-out digits against the same {floor.get('n_ref_kept')} reference digits) "
+        f"is FID {floor.get('fid', float('nan')):.2f}, KID {1000 * floor.get('kid', float('nan')):.1f} (KID is "
+        f"unbiased: 0 within its noise).", "",
+        "| case | windows | seam | wrap | coherence | FID | KID | class | s / canvas |",
+        "|---|---|---|---|---|---|---|---|---|", *rows, "",
+        f"Region prompts (MultiDiffusion Sec. 3.2): the left half of each 8x{WIDTH} canvas has class a, the right "
+        f"half (a + 5) mod 10 (hard masks; {-(-n // 10)} canvases per a); seam: the gradient energy across the "
+        f"regions' border; left / right: the fraction of each region's crops the digits classifier reads as "
+        f"that region's class; FID / KID of all the crops as above:", "",
+        "| case | windows | seam | FID | KID | left | right | s / canvas |", "|---|---|---|---|---|---|---|---|",
+        *region, "",
         "The same cases on the exact denoiser of a Gaussian mixture of smooth 8x8 images whose content reaches "
         "the edges (the tests' oracle; features: 4x4-pooled pixels). Digits have a black border, so naive tiles "
         "meet on background (seam well below 1) and each tile is a whole digit (class 1, coherent); "
