@@ -19,7 +19,7 @@ from ..pipelines.png_info import generation_parameters
 from .runs import RunLibrary
 
 #: Limits of one request (the UI's sliders stop there; the API is checked too).
-MAX_BATCH, MAX_NFE, MAX_PROMPT = 16, 1000, 2000
+MAX_BATCH, MAX_NFE, MAX_PROMPT, MAX_LORAS = 16, 1000, 2000, 2
 SEED_RANGE = 2**31
 
 
@@ -31,7 +31,10 @@ class Cancelled(Exception):
 class Request:
     """One Generate press: the run, its condition (prompt / negative prompt, a class index or name, or for an
     image-conditioned run the ``source`` image file) and settings; ``seed`` -1 draws a random one. An
-    ``init_image`` makes it img2img (SDEdit) at ``strength``."""
+    ``init_image`` makes it img2img (SDEdit) at ``strength``. ``loras`` ``[(file, weight), ...]`` and a
+    ``controlnet`` (a control run or file) reading ``control_image`` at ``control_scale`` are
+    ``sample --lora FILE:W --controlnet RUN --control IMAGE --control-scale S``. An ``inpaint_image`` with a
+    ``mask`` (white = missing) is ``denoisekit inpaint`` with ``method`` (NFE ``nfe``, seed ``seed``)."""
 
     run: str
     prompt: str = ""
@@ -47,6 +50,13 @@ class Request:
     source: str | None = None
     init_image: str | None = None
     strength: float = 0.6
+    loras: tuple[tuple[str, float], ...] = ()
+    controlnet: str | None = None
+    control_image: str | None = None
+    control_scale: float = 1.0
+    inpaint_image: str | None = None
+    mask: str | None = None
+    method: str = "repaint"
 
     def check(self) -> None:
         if not 1 <= self.batch <= MAX_BATCH:
@@ -57,6 +67,12 @@ class Request:
             raise ValueError(f"prompts are limited to {MAX_PROMPT} characters")
         if not -1 <= self.seed < SEED_RANGE:
             raise ValueError(f"seed must be -1 (random) or in 0..{SEED_RANGE - 1}, got {self.seed}")
+        if len(self.loras) > MAX_LORAS:
+            raise ValueError(f"at most {MAX_LORAS} LoRA adapters, got {len(self.loras)}")
+        if self.controlnet and not self.control_image:
+            raise ValueError("the ControlNet needs a control image")
+        if bool(self.inpaint_image) != bool(self.mask):
+            raise ValueError("inpainting needs an image and a mask (draw the missing region)")
 
 
 @dataclass(frozen=True)
@@ -76,9 +92,12 @@ def run_request(library: RunLibrary, req: Request, outputs: Path, *,
     from ..pipelines.output import save_each
 
     req.check()
-    model = library.load(req.run)
+    model = library.load(req.run, req.loras)
     info = library.describe(model)
     seed = secrets.randbelow(SEED_RANGE) if req.seed < 0 else req.seed
+    if req.inpaint_image:
+        return _inpaint(model, req, seed, outputs)
+    model = _with_control(model, req)
     if info["image"]:
         return _restore(model, req, seed, outputs)
     if req.init_image:
@@ -187,4 +206,72 @@ def _img2img(model: Any, info: dict[str, Any], req: Request, seed: int, outputs:
                                    negative_prompt=negative, extra={"Denoising strength": req.strength})
     folder = outputs / f"{time.strftime('%Y%m%d-%H%M%S')}-{seed}-{secrets.token_hex(3)}"
     save_each(out.clamp(-1, 1), folder, params)
+    return Result(sorted(folder.glob("*.png")), params, seed, seconds, None)
+
+
+def _with_control(model: Any, req: Request) -> Any:
+    """``model`` with ``req.controlnet`` reading ``req.control_image`` (grayscale, 0-255 read as 0-1) at
+    ``req.control_scale``, as ``sample --controlnet RUN --control IMAGE --control-scale S`` does."""
+    from ..data.folder import load_image
+    from ..generation.control import with_controlnets
+
+    if not req.controlnet:
+        return model
+    try:
+        control = (load_image(str(req.control_image), None, 1) + 1) / 2  # the CLI's reading of --control
+    except OSError as e:
+        raise ValueError(f"the control image is not readable ({e})") from None
+    try:
+        return with_controlnets(model, [(req.controlnet, float(req.control_scale))], control=control[None])
+    except FileNotFoundError as e:
+        raise ValueError(str(e)) from None
+
+
+def read_mask(path: str | Path, shape: tuple[int, ...]) -> torch.Tensor:
+    """A mask image as ``(1, 1, H, W)``, 1 = missing (lighter than mid-grey), at the run's size, with missing and
+    known pixels (``denoisekit inpaint --mask``'s reading)."""
+    from ..data.folder import load_image
+
+    try:
+        m = (load_image(str(path), None, 1)[None] > 0).float()
+    except OSError as e:
+        raise ValueError(f"the mask is not a readable image ({e})") from None
+    if tuple(m.shape[2:]) != tuple(shape[1:]):
+        raise ValueError(f"the mask is {m.shape[3]}x{m.shape[2]}; this run makes {shape[2]}x{shape[1]} images")
+    if not bool(m.any()):
+        raise ValueError("the mask has no missing pixels: draw over the region to fill")
+    if bool(m.all()):
+        raise ValueError("the mask covers the whole image: use Generate for a new image")
+    return m
+
+
+def _inpaint(model: Any, req: Request, seed: int, outputs: Path) -> Result:
+    """``req.inpaint_image`` with the ``req.mask`` pixels filled by ``req.method`` with the run as the prior
+    (:func:`~denoisekit.pipelines.inverse.restore` over an :class:`~denoisekit.data.operators.Inpaint`), as
+    ``denoisekit inpaint RUN --input IMAGE --mask MASK --method M --nfe N --seed S`` does (its result row)."""
+    from .._utils import seeded_generators
+    from ..data.folder import load_image
+    from ..data.operators import Inpaint
+    from ..pipelines.inverse import check_prior, restore
+    from ..pipelines.output import save_each
+
+    check_prior(model, req.method)
+    shape = tuple(model.image_shape)
+    try:
+        x = load_image(str(req.inpaint_image), None, 1 if shape[0] == 1 else 3)[None]
+    except OSError as e:
+        raise ValueError(f"the image to inpaint is not readable ({e})") from None
+    if tuple(x.shape[2:]) != shape[1:]:
+        raise ValueError(f"the image to inpaint is {x.shape[3]}x{x.shape[2]}; this run makes {shape[2]}x{shape[1]} "
+                         f"images")
+    op = Inpaint(read_mask(req.mask, shape))
+    measurement = op.measure(x, 0.0, seeded_generators(seed + 10**6, 1))
+    start = time.perf_counter()
+    with torch.no_grad():
+        res = restore(model, op, measurement, req.method, sigma_y=0.0, nfe=req.nfe, seed=seed)
+    seconds = time.perf_counter() - start
+    params = generation_parameters(model, 1, sampler=req.method, nfe=res.nfe, schedule="inpaint",  # no sampler grid
+                                   cfg_scale=1.0, seed=seed, size=(shape[2], shape[1]))
+    folder = outputs / f"{time.strftime('%Y%m%d-%H%M%S')}-{seed}-{secrets.token_hex(3)}"
+    save_each(res.images.clamp(-1, 1), folder, params)
     return Result(sorted(folder.glob("*.png")), params, seed, seconds, None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from ..generation import LoadedModel
 #: How deep under the root runs are looked for (``runs/group/run`` is depth 2).
 MAX_DEPTH = 3
 RUN_CONFIG = "config.yaml"
+#: How many models with LoRA adapters stay loaded (each is its own copy of the run's network).
+MAX_ADAPTED = 2
 
 
 def inside(path: Path, root: Path) -> bool:
@@ -61,7 +64,8 @@ class RunLibrary:
 
     root: Path
     device: str = "cpu"
-    _models: dict[str, LoadedModel] = field(default_factory=dict)
+    _models: dict[Any, LoadedModel] = field(default_factory=dict)
+    _adapted: dict[Any, LoadedModel] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -79,19 +83,57 @@ class RunLibrary:
             raise ValueError(f"run {name!r}: not a run under the runs directory")
         return path
 
-    def load(self, name: str) -> LoadedModel:
-        """Run ``name``'s model; a run that cannot load is a ``ValueError`` of one line naming it."""
+    def load(self, name: str, loras: Sequence[tuple[str, float]] = ()) -> LoadedModel:
+        """Run ``name``'s model, with the LoRA adapters ``[(file, weight), ...]`` when given
+        (:func:`~denoisekit.generation.adapters.with_loras`, as ``sample --lora``: they change the network in
+        place, so an adapted model is its own load, the last :data:`MAX_ADAPTED` kept); a run that cannot load
+        is a ``ValueError`` of one line naming it."""
+        from ..generation.adapters import with_loras
         from ..train.run import load_model
 
+        key = (name, tuple((str(f), float(w)) for f, w in loras))
         with self._lock:
-            if name not in self._models:
+            cache = self._models if not loras else self._adapted
+            if key not in cache:
                 path = self.path(name)
                 try:
-                    self._models[name] = load_model(path, device=self.device)
+                    model = load_model(path, device=self.device)
                 except Exception as e:  # noqa: BLE001 -- any failure to load is one line in the UI
                     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                     raise ValueError(f"run {name!r} cannot be loaded: {first}") from None
-            return self._models[name]
+                if loras:
+                    try:
+                        model = with_loras(model, list(key[1]))
+                    except FileNotFoundError as e:
+                        raise ValueError(str(e)) from None
+                    while len(cache) >= MAX_ADAPTED:
+                        cache.pop(next(iter(cache)))
+                cache[key] = model
+            return cache[key]
+
+    def adapters(self, role: str) -> list[str]:
+        """The runs under the root that hold an adapter, ``role`` ``"lora"`` or ``"controlnet"`` (their latest
+        checkpoint's ``state.json`` has ``lora_of`` / ``controlnet_of``), as names."""
+        from ..engine.checkpoint import STATE_FILE, latest_checkpoint
+        from ..io import load_json
+
+        found = []
+        for name in find_runs(self.root)[0]:
+            try:
+                ckpt = latest_checkpoint(self.root / name / "checkpoints")
+                state = load_json(ckpt / STATE_FILE) if ckpt is not None else None
+            except (OSError, ValueError):
+                continue
+            if isinstance(state, dict) and state.get(f"{role}_of"):
+                found.append(name)
+        return found
+
+    def file(self, name: str) -> Path:
+        """A run directory or file named relative to the root (an adapter): under it, else a ``ValueError``."""
+        path = self.root / name
+        if not name or Path(name).is_absolute() or ".." in Path(name).parts or not inside(path, self.root):
+            raise ValueError(f"{name!r}: not a file or run under the runs directory")
+        return path
 
     def describe(self, model: LoadedModel) -> dict[str, Any]:
         """What the controls need to know of a model: its condition, classes and default settings."""
