@@ -32,7 +32,12 @@ def _process_of(denoiser: Any, process: Process | None) -> tuple[Any, Process]:
     """The denoiser (a loaded model's, for a :class:`~denoisekit.generation.LoadedModel`) and its process."""
     if hasattr(denoiser, "denoiser") and hasattr(denoiser, "image_shape"):  # a LoadedModel
         denoiser = denoiser.denoiser
-    process = process if process is not None else getattr(denoiser, "process", None)
+    if process is not None:
+        return denoiser, process
+    try:  # the Denoiser contract carries its process; a bare callable must be told it
+        process = denoiser.process
+    except AttributeError:
+        process = None
     if process is None:
         raise ValueError("straightness needs the denoiser's process: give process= for a bare denoiser")
     return denoiser, process
