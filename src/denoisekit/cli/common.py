@@ -9,6 +9,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
@@ -138,6 +139,21 @@ def resolve_device(text: str) -> torch.device:
     return torch.device(name)
 
 
+def check_image_out(out: str) -> Path:
+    """``--out`` of a command writing images: a ``.png`` grid or an ``.npz``."""
+    path = Path(out)
+    if path.suffix.lower() not in (".png", ".npz"):
+        raise UsageError(f"--out must end in .png or .npz, got {path.name!r}")
+    return path
+
+
+def load_run_model(args: argparse.Namespace) -> Any:
+    """The run of ``args.run`` (``--weights``, ``--device``) as a :class:`~denoisekit.generation.LoadedModel`."""
+    from ..train.run import load_model
+
+    return load_model(args.run, weights=args.weights, device=resolve_device(args.device))
+
+
 def is_main_process() -> bool:
     """Whether this process prints a command's final line: the only one, or rank 0 under ``accelerate launch``
     or ``torchrun`` (which set ``RANK``), so a line prints once rather than once per process."""
@@ -148,6 +164,17 @@ def say(*parts: object) -> None:
     """``print`` on the main process only (:func:`is_main_process`)."""
     if is_main_process():
         print(*parts)
+
+
+def guidance_scale(text: str) -> float:
+    """``--cfg``: a number >= 0 (0: the unconditional model, 1: no guidance)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"the guidance scale must be >= 0 (1 = no guidance), got {text}")
+    return value
 
 
 def positive_int(text: str) -> int:

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .common import THREADS_HELP, UsageError, add_device, npz_images, positive_int, resolve_device, threads
+from .common import (THREADS_HELP, UsageError, add_device, check_image_out, load_run_model, npz_images, positive_int,
+                     threads)
 
 #: ``--weights`` of the commands that load a run.
 WEIGHTS_HELP = "ema: the EMA of the weights (default), model: the raw trained weights"
@@ -60,19 +61,6 @@ def _add_common(p: argparse.ArgumentParser, *, nfe: int) -> None:
     p.add_argument("--weights", default="ema", choices=("ema", "model"), help=WEIGHTS_HELP)
     p.add_argument("--threads", type=positive_int, default=None, help=THREADS_HELP)
     add_device(p)
-
-
-def _check_out(out: str) -> Path:
-    path = Path(out)
-    if path.suffix.lower() not in (".png", ".npz"):
-        raise UsageError(f"--out must end in .png or .npz, got {path.name!r}")
-    return path
-
-
-def _load(args: argparse.Namespace) -> Any:
-    from ..train.run import load_model
-
-    return load_model(args.run, weights=args.weights, device=resolve_device(args.device))
 
 
 def _pixel_shape(model: Any) -> tuple[int, int, int]:
@@ -163,8 +151,8 @@ def _run_edit(args: argparse.Namespace) -> int:
     from ..pipelines.generate import user_condition
     from ..pipelines.sdedit import sdedit
 
-    out = _check_out(args.out)
-    model = _load(args)
+    out = check_image_out(args.out)
+    model = load_run_model(args)
     shape = _pixel_shape(model)
     x = read_images(args.input, shape[0])
     _check_size(x, shape, f"--input {Path(args.input).name}")
@@ -227,8 +215,8 @@ def _prior_and_input(args: argparse.Namespace) -> tuple[Path, Any, tuple[int, ..
     """``--out``, the run (a prior for ``--method``), its image shape and ``--input``'s images."""
     from ..pipelines.inverse import check_prior
 
-    out = _check_out(args.out)
-    model = _load(args)
+    out = check_image_out(args.out)
+    model = load_run_model(args)
     check_prior(model, args.method)
     shape = tuple(model.image_shape)
     return out, model, shape, read_images(args.input, shape[0])
@@ -343,8 +331,8 @@ def _run_invert(args: argparse.Namespace) -> int:
     from ..pipelines.inversion import ddim_invert, inversion_grid, model_conditions, null_text_inversion, reconstruct
     from ..train.autoencoder_eval import psnr
 
-    out = _check_out(args.out)
-    model = _load(args)
+    out = check_image_out(args.out)
+    model = load_run_model(args)
     if args.null_text and model.kind != "text":
         raise UsageError(f"--null-text needs a text run; {args.run} is conditioned on {model.kind!r}")
     if args.inner_steps < 0:
@@ -415,13 +403,13 @@ def _run_p2p(args: argparse.Namespace) -> int:
     from ..pipelines.inversion import ddim_invert, inversion_grid, model_conditions, null_text_inversion
     from ..pipelines.p2p import plan_edit, prompt_to_prompt
 
-    out = _check_out(args.out)
+    out = check_image_out(args.out)
     weights = _word_weights(args.weight)
     blend = None
     if args.blend:
         pairs = [b.split(":", 1) if ":" in b else [b, b] for b in args.blend]
         blend = ([s for s, _ in pairs], [e for _, e in pairs])
-    model = _load(args)
+    model = load_run_model(args)
     if model.kind != "text":
         raise UsageError(f"p2p needs a text run; {args.run} is conditioned on {model.kind!r}")
     if args.inner_steps < 0:

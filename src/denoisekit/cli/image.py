@@ -19,7 +19,8 @@ from ..options import check_not_file
 from ..samplers import SAMPLERS
 from ..schedules import SCHEDULES
 from ..io import write_text_atomic
-from .common import (THREADS_HELP, UsageError, add_device, key_values, npz_images, positive_int, resolve_device, say,
+from .common import (THREADS_HELP, UsageError, add_device, guidance_scale, key_values, npz_images, positive_int,
+                     resolve_device, say,
                      threads)
 
 #: ``--weights`` of the commands that load a run.
@@ -52,17 +53,6 @@ def _run_train(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------ sample
 
-def _guidance_scale(text: str) -> float:
-    """``--cfg``: a number >= 0 (0: the unconditional model, 1: no guidance)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"the guidance scale must be >= 0 (1 = no guidance), got {text}")
-    return value
-
-
 def _add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run directory written by 'denoisekit train'")
     p.add_argument("--out", required=True,
@@ -79,7 +69,7 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("--solver", default=None, metavar="JSON",
                    help="a learned solver from 'denoisekit tune' (sets the sampler, its weights, grid and NFE)")
     p.add_argument("--sampler-arg", action="append", metavar="KEY=VALUE", help="sampler option, e.g. eta=1")
-    p.add_argument("--cfg", type=_guidance_scale, default=None, help="classifier-free guidance scale >= 0 (1 = none): x_uncond + s (x_cond - x_uncond), "
+    p.add_argument("--cfg", type=guidance_scale, default=None, help="classifier-free guidance scale >= 0 (1 = none): x_uncond + s (x_cond - x_uncond), "
                         "Ho & Salimans' w + 1 (a course's or paper's w = 2 is --cfg 3)")
     p.add_argument("--cfg-rescale", type=float, default=0.0, metavar="PHI",
                    help="guidance rescale phi in [0, 1] (Lin et al. 2023; 0 = plain guidance)")
@@ -467,7 +457,7 @@ def _add_tune(p: argparse.ArgumentParser) -> None:
                    help="held-out start noises the tuned and default errors are measured on (default 256)")
     p.add_argument("--iters", type=int, default=200, help="Adam steps on the grid and weights (default 200)")
     p.add_argument("--batch", type=positive_int, default=256, help="tuning rows per Adam step (default 256)")
-    p.add_argument("--cfg", type=_guidance_scale, default=None,
+    p.add_argument("--cfg", type=guidance_scale, default=None,
                    help="guidance scale the solver is fitted at (default: the config's)")
     p.add_argument("--seed", type=int, default=0, help="tuning noise i uses seed + i")
     p.add_argument("--weights", default="ema", choices=("ema", "model"), help=WEIGHTS_HELP)

@@ -26,34 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .common import THREADS_HELP, UsageError, add_device, positive_int, resolve_device, threads
+from .common import (THREADS_HELP, UsageError, add_device, check_image_out, guidance_scale, load_run_model, positive_int,
+                     threads)
 from .edit import WEIGHTS_HELP
 
 FEATURES = ("auto", "pixels", "digits", "shapes")
-
-
-def _scale(text: str) -> float:
-    """``--cfg``: a number >= 0 (1: no guidance)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"the guidance scale must be >= 0 (1 = no guidance), got {text}")
-    return value
-
-
-def _check_out(out: str) -> Path:
-    path = Path(out)
-    if path.suffix.lower() not in (".png", ".npz"):
-        raise UsageError(f"--out must end in .png or .npz, got {path.name!r}")
-    return path
-
-
-def _load(args: argparse.Namespace) -> Any:
-    from ..train.run import load_model
-
-    return load_model(args.run, weights=args.weights, device=resolve_device(args.device))
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -66,7 +43,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=positive_int, default=4, help="images (seeds seed, seed + 1, ...; default 4)")
     p.add_argument("--nfe", type=positive_int, default=None, help="sampling steps' evaluations (default the run's)")
     p.add_argument("--sampler", default=None, help="sampler (default: the run's; see 'denoisekit list')")
-    p.add_argument("--cfg", type=_scale, default=None, help="classifier-free guidance scale per view "
+    p.add_argument("--cfg", type=guidance_scale, default=None, help="classifier-free guidance scale per view "
                                                                      "(default: the run's)")
     p.add_argument("--average", default="x0", choices=("x0", "eps", "xt"),
                    help="what is averaged in the canvas (SyncTweedies): x0 (Tweedie's estimate, default), eps (the "
@@ -233,8 +210,8 @@ def _run_panorama(args: argparse.Namespace) -> int:
     from ..pipelines.joint import Term, check_pixel_model, region_terms, seam_ratio
     from ..pipelines.views import windows
 
-    out = _check_out(args.out)
-    model = _load(args)
+    out = check_image_out(args.out)
+    model = load_run_model(args)
     c, h, w = check_pixel_model(model)
     canvas = (args.height or h, args.width or w)
     if args.method == "naive":
@@ -283,8 +260,8 @@ def _run_anagram(args: argparse.Namespace) -> int:
     from ..pipelines.joint import anagram_terms, check_pixel_model
     from ..pipelines.views import anagram_view
 
-    out = _check_out(args.out)
-    model = _load(args)
+    out = check_image_out(args.out)
+    model = load_run_model(args)
     _, h, w = check_pixel_model(model)
     count = len(args.prompt or args.label or [])
     if count < 2:
