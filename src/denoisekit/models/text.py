@@ -383,11 +383,7 @@ class TextConditioned(nn.Module):
             return self.text_encoder  # type: ignore[return-value]
         shared = get_text_encoder(self.encoder_name, **self.encoder_options)
         extra = getattr(self, "token_embeddings", None)  # textual inversion's new tokens (models/text_inversion.py)
-        if extra is not None:
-            from .text_inversion import InvertedEncoder
-
-            return InvertedEncoder(shared, extra)  # type: ignore[arg-type,return-value]
-        return shared
+        return shared if extra is None else extra.encoder_over(shared)
 
     def extra_repr(self) -> str:
         return "" if self.text_encoder is not None else f"encoder={self.encoder!r}"

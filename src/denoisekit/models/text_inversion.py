@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..io import file_sha256, save_tensors_atomic
-from .text import MiniLMEncoder, check_prompts, pad_tokens
+from .text import MiniLMEncoder, TextConditioned, check_prompts, pad_tokens
 
 FORMAT = "denoisekit-textual-inversion-1"
 EMBEDDING_FILE = "embedding.safetensors"
@@ -77,6 +77,10 @@ class TokenEmbeddings(nn.Module):
     @property
     def num_vectors(self) -> int:
         return self.vectors.shape[1]
+
+    def encoder_over(self, base: MiniLMEncoder) -> InvertedEncoder:
+        """``base`` with these tokens added: what :attr:`TextConditioned.encoder` returns when they are attached."""
+        return InvertedEncoder(base, self)
 
     def extra_repr(self) -> str:
         return f"tokens={self.tokens}, num_vectors={self.num_vectors}, dim={self.vectors.shape[2]}"
@@ -171,8 +175,6 @@ class InvertedEncoder:
 def attach(net: nn.Module, embeddings: TokenEmbeddings | None) -> None:
     """Put ``embeddings`` on the :class:`~denoisekit.models.text.TextConditioned` network ``net`` (None:
     remove); the network must use the frozen ``minilm`` encoder."""
-    from .text import TextConditioned
-
     if not isinstance(net, TextConditioned):
         raise ValueError(f"textual inversion needs a text-conditional network, got {type(net).__name__}")
     if embeddings is not None and net.encoder_name != "minilm":
