@@ -199,7 +199,8 @@ def test_interval_gates_per_sample():
         plain = base(y, sigma, labels)
         full = _den(net, [cn])(y, sigma, {"labels": labels, "control": hint})
     assert torch.equal(out[0], plain[0]) and torch.equal(out[2], plain[2])
-    torch.testing.assert_close(out[1], full[1], rtol=1e-5, atol=1e-6)
+    # the window runs the control on a sub-batch: float32 sums in another order (1.5e-6 seen on some CPUs)
+    torch.testing.assert_close(out[1], full[1], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(out[1], plain[1], atol=1e-4)
     with pytest.raises(ValueError, match="start <= end"):
         _den(net, [cn], start=0.9, end=0.1)
