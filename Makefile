@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 RUN   ?= runs/moons
 DEMO  ?= runs/demo
 
-.PHONY: demo demo2d test test-fast bench install clean fonts browser peers clip
+.PHONY: demo demo2d test test-fast bench install clean fonts browser peers clip base
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,17 @@ browser:
 clip: $(STAMP) fonts
 	$(BIN)/denoisekit clip
 	$(BIN)/denoisekit clip --noisy
+
+# The base text-to-image model for adaptation (configs/base-shapes-text.yaml: 32x32 shapes with captions, MiniLM
+# cross-attention; about 20 CPU-minutes on 2 cores), trained once: a finished run is reused, an interrupted one
+# resumed exactly from its latest checkpoint (rm -rf $(BASE) to train it again). docs/tutorials/adaptation.md.
+BASE ?= runs/base-shapes-text
+base: $(STAMP)
+	@if $(BIN)/python -c "import sys, yaml; from denoisekit.engine.checkpoint import list_checkpoints; \
+		done = list_checkpoints('$(BASE)/checkpoints'); \
+		sys.exit(not done or done[-1][0] < yaml.safe_load(open('$(BASE)/config.yaml'))['train']['steps'])" \
+		2>/dev/null; then echo "$(BASE) is trained: reusing it (rm -rf $(BASE) to train it again)"; \
+	else $(BIN)/denoisekit train configs/base-shapes-text.yaml --out $(BASE) --resume; fi
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/samplers.py

@@ -88,7 +88,7 @@ def test_overrides_are_typed_by_the_declared_field():
 @pytest.mark.parametrize("override, message", [
     ("model.chanels=16", "unknown key 'model.chanels'; valid keys at 'model': act, blocks, channel_mult, "
                          "channels, name, num_classes"),
-    ("modle.channels=16", "unknown key 'modle'; valid keys at '<top level>': condition, controlnet, data, dreambooth, ema, fewstep, init, latent, lora, loss, model, optim, process, sample, teacher, textual_inversion, train"),
+    ("modle.channels=16", "unknown key 'modle'; valid keys at '<top level>': condition, controlnet, data, dreambooth, ema, fewstep, init, latent, lcm, lora, loss, model, optim, process, sample, teacher, textual_inversion, train"),
     ("train.stesp=3", "valid keys at 'train': batch_size, device, grad_accum"),
     ("loss.weight=snr", "valid keys at 'loss': gamma, noise_levels, p_mean, p_std, weighting"),
     ("process.sigma_max=40", "unknown key 'process.sigma_max'; valid keys at 'process': beta_end"),

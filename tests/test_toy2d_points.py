@@ -45,6 +45,39 @@ def test_bad_points_files_are_one_line_naming_the_file(tmp_path):
         assert name in str(e.value) and "\n" not in str(e.value)
 
 
+def test_every_format_refuses_a_wrong_shape_and_non_finite_rows(tmp_path):
+    """The issue's bad input, in each format: not (N, 2), NaN or inf, fewer than 2 points, an ambiguous .npz."""
+    np.savez(tmp_path / "three.npz", points=np.zeros((5, 3)))
+    np.savez(tmp_path / "two.npz", a=np.zeros((5, 2)), b=np.zeros((5, 2)))
+    np.save(tmp_path / "flat.npy", np.zeros(10))
+    np.save(tmp_path / "one.npy", np.zeros((1, 2)))
+    (tmp_path / "three.csv").write_text("x,y,z\n1,2,3\n4,5,6\n")
+    (tmp_path / "inf.csv").write_text("x,y\n1,2\n3,inf\n")
+    (tmp_path / "nan.csv").write_text("1,2\nnan,4\n5,6\n")
+    np.savez(tmp_path / "nan.npz", points=np.array([[0.0, 1.0], [np.nan, 0.0]]))
+    for name, message in (("three.npz", r"shape \(5, 3\)"), ("two.npz", "name the points 'points'"),
+                          ("flat.npy", r"shape \(10,\)"), ("one.npy", r"N >= 2, got shape \(1, 2\)"),
+                          ("three.csv", r"\(N, 2\)|columns"), ("inf.csv", "row 1 is not finite"),
+                          ("nan.csv", "row 1 is not finite"), ("nan.npz", "row 1 is not finite")):
+        with pytest.raises(ValueError, match=message) as e:
+            read_points(tmp_path / name)
+        assert name in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("argv, name", [
+    (["train2d", "--data", "{tmp}/points.txt", "--out", "{tmp}/run", "--quiet"], "points.txt"),
+    (["train2d", "--data", "{tmp}/nan.csv", "--out", "{tmp}/run", "--quiet"], "nan.csv"),
+    (["sample2d", "{tmp}/run", "--save-points", "{tmp}/out.txt"], "out.txt"),
+])
+def test_cli_bad_points_paths_are_one_line_naming_the_file(tmp_path, capsys, argv, name):
+    (tmp_path / "points.txt").write_text("1,2\n3,4\n")
+    (tmp_path / "nan.csv").write_text("1,2\nnan,4\n")
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and name in err, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_train2d_refuses_a_bad_points_file_and_writes_nothing(tmp_path, capsys):
     np.save(tmp_path / "three.npy", np.zeros((5, 3)))
     assert main(["train2d", "--data", str(tmp_path / "three.npy"), "--out", str(tmp_path / "run"), *QUICK]) == 2

@@ -86,8 +86,12 @@ def test_adapters_give_the_clis_images(runs, tmp_path):
     assert np.array_equal(both, cli)
     assert not np.array_equal(both, plain)  # the ControlNet acts
     assert np.array_equal(ui(**{**control, "control_scale": 0.0}), plain)  # scale 0: the base
-    with pytest.raises(ValueError, match="another base"):  # as the CLI: a control module checks its base's hash
-        ui(loras=((str(runs / "lora"), 0.7),), **control)
+    # a LoRA and a ControlNet together, as the CLI: the ControlNet is checked against the base's hash before the LoRA
+    together = ui(loras=((str(runs / "lora"), 0.7),), **control)
+    assert np.array_equal(together, _cli(tmp_path, *base, "--lora", f"{runs / 'lora'}:0.7", "--controlnet",
+                                         str(runs / "cn"), "--control", str(d / "edges.png"), "--control-scale",
+                                         "1.5")["images"].reshape(2, 8, 8))
+    assert not np.array_equal(together, both) and not np.array_equal(together, lora)
     assert lib.adapters("lora") == ["lora"] and lib.adapters("controlnet") == ["cn"]
     with pytest.raises(ValueError, match="control image"):
         run_request(lib, Request(run="base", controlnet=str(runs / "cn")), tmp_path / "ui")

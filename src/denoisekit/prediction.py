@@ -287,19 +287,30 @@ class Denoiser(nn.Module):
         """The time ``(B,)`` (float64) the network is given at ``c``: ``self.clock.network_time(c)``."""
         return self.clock.network_time(c)
 
-    def predict(self, x: Tensor, c: Coefficients, cond: Any = None) -> Tensor:
-        """The raw network output at native-frame ``x`` (what training losses compare)."""
+    def predict(self, x: Tensor, c: Coefficients, cond: Any = None, *, to: Coefficients | None = None) -> Tensor:
+        """The raw network output at native-frame ``x`` (what training losses compare). ``to``, the coefficients
+        of a target level, is for a network with a second time input (a MeanFlow run): it is given the interval
+        ``time(c) - time(to)`` as ``second_time``."""
         rule = self.rule
         inp = x if rule.net_input is None else rule.net_input(x, c)
         time = self.network_time(c).to(device=x.device, dtype=x.dtype)
-        out = self.net(inp, time) if cond is None else self.net(inp, time, cond)
+        extra = {} if to is None else \
+            {"second_time": (self.network_time(c) - self.network_time(to)).to(device=x.device, dtype=x.dtype)}
+        out = self.net(inp, time, **extra) if cond is None else self.net(inp, time, cond, **extra)
         if out.shape != x.shape:
             raise ValueError(f"network returned shape {tuple(out.shape)} for input {tuple(x.shape)}")
         return out
 
-    def forward(self, y: Tensor, sigma: Tensor | float, cond: Any = None) -> Tensor:
-        """``x0_hat`` for VE-frame ``y`` ``(B, ...)`` at VE noise ``sigma`` (scalar or ``(B,)``)."""
+    def forward(self, y: Tensor, sigma: Tensor | float, cond: Any = None, *,
+                sigma_to: Tensor | float | None = None) -> Tensor:
+        """``x0_hat`` for VE-frame ``y`` ``(B, ...)`` at VE noise ``sigma`` (scalar or ``(B,)``).
+
+        ``sigma_to`` (``<= sigma``; a network with a second time input only) aims the estimate at that level: the
+        ``x0_hat`` whose DDIM step from ``sigma`` lands on the network's jump to ``sigma_to`` (MeanFlow's
+        ``z_r = z_t - (t - r) u(z_t, r, t)``: :mod:`denoisekit.samplers.meanflow`); ``sigma_to = sigma`` is the
+        plain denoiser, ``sigma_to = 0`` the trajectory's origin."""
         sigma64 = as_batch(sigma, y)
         c = self.coefficients(self.process.t_from_sigma(sigma64))
+        to = None if sigma_to is None else self.coefficients(self.process.t_from_sigma(as_batch(sigma_to, y)))
         x = y * _b(c.alpha, y)
-        return self.rule.x0(self.predict(x, c, cond), x, c)
+        return self.rule.x0(self.predict(x, c, cond, to=to), x, c)

@@ -55,10 +55,13 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run directory written by 'denoisekit train'")
-    p.add_argument("--out", required=True,
+    p.add_argument("--out", default=None,
                    help="a .png grid (rows labelled by class or prompt), a .npz of uint8 images (N, H, W, C), labels "
                         "(and prompts), or a directory DIR/ (ending in '/') of one PNG per image, 00000.png ... "
-                        "(for external FID tools)")
+                        "(for external FID tools); required unless --png-folder is given")
+    p.add_argument("--png-folder", default=None, metavar="DIR",
+                   help="write one PNG per image into DIR (00000.png ..., at the model's size, the generation "
+                        "parameters in each PNG's info): the input of any external FID script; with --out, as well")
     p.add_argument("--n", type=positive_int, default=None,
                    help="number of images, exactly (default: the config's; with --source: at most N, default every "
                         "source image)")
@@ -323,6 +326,8 @@ def _restore(args: argparse.Namespace, out: Path, model: Any, settings: dict[str
     else:
         extra = {"truth": truth} if truth is not None else {}
         save_npz(out, images=x, source=shown, consistency=err, **extra)
+    if args.png_folder is not None:
+        save_each(x, Path(args.png_folder), params)
     print(f"{len(x)} {conditioner.task} results from {args.run} ({shown_as}) in {seconds:.1f} s; mean consistency "
           f"error with the input {err.mean().item():.4f}; wrote {out}")
     return 0
@@ -400,15 +405,29 @@ def _with_controls(args: argparse.Namespace, model: Any) -> Any:
         raise UsageError(f"{named}: {e}") from None
 
 
-def _run_sample(args: argparse.Namespace) -> int:
-    from ..pipelines.generate import generate_images
+def _outputs(args: argparse.Namespace) -> Path:
+    """The checked ``--out`` (``--png-folder``'s directory when only that is given)."""
     from ..pipelines.output import check_output
-    from ..train.run import load_model
 
+    if args.png_folder is not None:
+        folder = Path(args.png_folder)
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"--png-folder {args.png_folder}: exists and is not a directory")
+        if args.out is None:  # the folder is the one output
+            args.out, args.png_folder = f"{folder}/", None
+    if args.out is None:
+        raise UsageError("give --out (a .png grid, an .npz, or a directory DIR/) or --png-folder DIR")
     try:
-        out = check_output(args.out)
+        return check_output(args.out)
     except ValueError as e:
         raise UsageError(f"--out: {e}") from None
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    from ..pipelines.generate import generate_images
+    from ..train.run import load_model
+
+    out = _outputs(args)
     model = _with_loras(args, load_model(args.run, weights=args.weights, device=resolve_device(args.device)))
     model = _with_embeddings(args, model)
     model = _with_controls(args, model)
@@ -436,13 +455,17 @@ def _run_sample(args: argparse.Namespace) -> int:
         raise UsageError(f"{e}") from None
     seconds = time.perf_counter() - start
     x, n = result.images, len(result.images)
-    result.save(args.out, _parameters(args, model, x, settings, result.prompts,
-                                      None if result.labels is None else result.labels.tolist()))
+    params = _parameters(args, model, x, settings, result.prompts,
+                         None if result.labels is None else result.labels.tolist())
+    result.save(args.out, params)
+    if args.png_folder is not None:
+        result.save(f"{Path(args.png_folder)}/", params)
     space = (f"; latents {'x'.join(map(str, model.image_shape))} decoded to {'x'.join(map(str, x.shape[1:]))}"
              if model.decoder is not None else "")
     scale = model.defaults.cfg_scale if args.cfg is None else args.cfg
+    also = f" and {args.png_folder}/" if args.png_folder is not None else ""
     print(f"{n} images from {args.run} ({shown_as}, cfg {scale:g}) in {seconds:.1f} s ({n / seconds:.1f} "
-          f"images/s{space}); wrote {out}")
+          f"images/s{space}); wrote {out}{also}")
     return 0
 
 

@@ -58,10 +58,18 @@ def _add_train2d(p: argparse.ArgumentParser) -> None:
     p.add_argument("--noise-levels", default=d.loss.noise_levels, help=f"{', '.join(NOISE_LEVELS)}")
     p.add_argument("--loss-weighting", default=d.loss.weighting, help=f"{', '.join(WEIGHTINGS)}")
     p.add_argument("--gamma", type=float, default=d.loss.gamma, help="gamma of min_snr / soft_min_snr")
-    p.add_argument("--model", default=d.model, help=f"network: {', '.join(MODELS)}")
-    p.add_argument("--hidden", type=positive_int, default=None, help="MLP width")
-    p.add_argument("--depth", type=positive_int, default=None, help="number of residual blocks")
-    p.add_argument("--emb-dim", type=positive_int, default=None, help="time-embedding features")
+    p.add_argument("--objective", choices=("diffusion", "meanflow"), default="diffusion",
+                   help="diffusion (default: the denoising loss), or meanflow: the average velocity of Geng et al. "
+                        "2025, one network for every step count (needs --process flow --prediction flow --model "
+                        "mlp; t and r drawn by --noise-levels; sample it with sample2d --sampler meanflow --nfe 1)")
+    p.add_argument("--model", default=d.model,
+                   help=f"network: {', '.join(MODELS)} (default {d.model}: CS492D's TimeLinear network; mlp: the "
+                        "residual MLP, the default of runs before it)")
+    p.add_argument("--hidden", type=positive_int, default=None, help="network width (default 128)")
+    p.add_argument("--depth", type=positive_int, default=None,
+                   help="hidden layers (timelinear) or residual blocks (mlp) (default 3)")
+    p.add_argument("--emb-dim", type=positive_int, default=None,
+                   help="time-embedding features (default 256 for timelinear, 64 for mlp)")
     p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint interval (0: at the end)")
     p.add_argument("--threads", type=positive_int, default=1,
                    help="torch CPU threads (default 1: small MLPs run fastest on one, busy machine or not)")
@@ -70,17 +78,26 @@ def _add_train2d(p: argparse.ArgumentParser) -> None:
 
 def _run_train2d(args: argparse.Namespace) -> int:
     from ..engine.runlog import save_loss_curve
+    from ..train.meanflow import MeanFlowLoss
     from ..train.toy2d import LOSS_FILE, Toy2DConfig, final_loss
     from ..train.recipes.toy2d import train_toy2d
 
     model = {k: v for k, v in (("hidden", args.hidden), ("depth", args.depth), ("emb_dim", args.emb_dim))
              if v is not None}
+    loss: Any = DiffusionLoss(args.noise_levels, args.loss_weighting, gamma=args.gamma)  # type: ignore[arg-type]
+    if args.objective == "meanflow":
+        if args.model != "mlp":
+            raise UsageError(f"--objective meanflow needs a network with a second time input: --model mlp "
+                             f"(got {args.model!r})")
+        # the JVP differentiates the network in t: time features smooth in t (the default band turns at 1e3 rad per
+        # unit t; moons, 1500 steps, 1-step sliced W2 0.73 at time_scale 1, 0.12 at 1e-3: benchmarks/RESULTS.md)
+        model.update(second_time=True, time_scale=1e-3)
+        loss = MeanFlowLoss(noise_levels=args.noise_levels)
     config = Toy2DConfig(
         out=args.out, data=args.data, n_train=args.n_train, process=args.process,
         process_kwargs=key_values(args.process_arg, "--process-arg"), prediction=args.prediction,
         time_input=args.time_input, model=args.model, model_config=model,
-        loss=DiffusionLoss(args.noise_levels, args.loss_weighting, gamma=args.gamma),  # type: ignore[arg-type]
-        steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
+        loss=loss, steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
         ema_decay=args.ema_decay, seed=args.seed, save_every=args.save_every)
     start = time.perf_counter()
     with threads(args.threads):

@@ -40,6 +40,17 @@ subject: a star with a fixed two-colour pattern (:data:`SUBJECT_COLOURS`: an ora
 its centre), captioned with ``subject_word`` in the colour's place ("a large sks star on the left"), marked
 in the item's ``subject`` (bool (M,), only when ``subject > 0``). ``subject=0`` (the default) is exactly the
 dataset without it, so a base trained on it has never seen the pattern.
+
+A style for adaptation (LoRA, fine-tuning): ``style="outlined"`` (a ring of the colour around an interior of
+background) or ``style="striped"`` (horizontal stripes of the colour and a dark shade of it,
+:data:`STRIPE_SHADE`, each :data:`STRIPE_PERIOD` / 2 of the side thick, on the image's pixel grid: the
+silhouette stays whole) draws each shape, with probability ``style_prob`` (decided by a generator of its own,
+so the layout and every other draw are as before), in that style; the subject keeps its own pattern.
+Captions carry the style word before the colour ("a large striped red circle left of a small blue square"; a
+solid shape's caption says nothing), :func:`parse_caption` reads it (:attr:`CaptionShape.style`), and items
+hold ``styles`` (int64 (M,), indices into :data:`STYLES`, -1 pads; only when ``style != "solid"``). A styled
+shape's mask and edges are those of its silhouette, as if solid. ``style="solid"`` (the default) is exactly
+the dataset without styles, so a base trained on it has never seen one.
 """
 
 from __future__ import annotations
@@ -54,6 +65,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from scipy.ndimage import distance_transform_edt
 from torch.utils.data import Dataset
 
 from .._utils import check_choice
@@ -65,6 +77,14 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "cyan": (30, 190, 210), "blue": (40, 80, 230), "purple": (150, 60, 200), "pink": (245, 130, 190),
 }
 SIZES = ("small", "large")
+#: Fill styles; "solid" is the base's and is never written in captions.
+STYLES = ("solid", "outlined", "striped")
+#: An outlined shape's ring width as a fraction of its half-extent (about 1.5 pixels for a large shape at 32).
+OUTLINE_WIDTH = 0.25
+#: A striped shape's stripe period as a fraction of the image side (4 pixels at 32: two on, two off).
+STRIPE_PERIOD = 0.125
+#: A striped shape's dark stripes: its colour times this.
+STRIPE_SHADE = 0.4
 #: Half-extent of a shape's box as a fraction of the image side, per size; jittered by +-SIZE_JITTER.
 SIZE_HALF_EXTENT = (0.13, 0.22)
 SIZE_JITTER = 0.08
@@ -111,6 +131,8 @@ class ShapesConfig:
     holdout: tuple[str, ...] = ()  # "colour kind" pairs never drawn, e.g. DEFAULT_HOLDOUT
     subject: float = 0.0  # probability that an image's first shape is the subject (module docstring)
     subject_word: str = "sks"  # the subject's word in captions, in the colour's place
+    style: Literal["solid", "outlined", "striped"] = "solid"  # STYLES; "solid" is the dataset without styles
+    style_prob: float = 1.0  # probability that a (non-subject) shape is drawn in ``style``, else solid
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kinds", tuple(self.kinds))  # YAML gives lists
@@ -144,6 +166,9 @@ class ShapesConfig:
         if self.subject > 0 and (SUBJECT_KIND not in self.kinds or SUBJECT_COLOURS[0] not in self.colours):
             raise ValueError(f"shapes: subject > 0 needs kind {SUBJECT_KIND!r} and colour {SUBJECT_COLOURS[0]!r} "
                              f"among kinds and colours")
+        check_choice("shapes style", self.style, STYLES)
+        if not isinstance(self.style_prob, (int, float)) or not 0.0 <= self.style_prob <= 1.0:
+            raise ValueError(f"shapes: style_prob must be a probability in [0, 1], got {self.style_prob!r}")
         if not re.fullmatch(r"[a-z0-9<>_-]+", self.subject_word or ""):
             raise ValueError(f"shapes: subject_word must be one lower-case word, got {self.subject_word!r}")
         held = held_out_pairs(self.holdout)
@@ -176,6 +201,7 @@ class ShapeSpec:
     y: float
     half: float
     subject: bool = False  # the subject of ``subject > 0`` (its pattern drawn over the star)
+    style: int = 0  # index into STYLES
 
 
 @dataclass
@@ -253,8 +279,9 @@ def caption_order(positions: list[tuple[float, float]]) -> tuple[list[int], str]
     return sorted(range(len(ys)), key=lambda i: ys[i]), "from top to bottom"
 
 
-def make_caption(words: list[tuple[str, str, str]], positions: list[tuple[float, float]]) -> str:
-    """The caption of shapes given as (size, colour, kind) words and normalised centres, in caption order."""
+def make_caption(words: list[tuple[str, ...]], positions: list[tuple[float, float]]) -> str:
+    """The caption of shapes given as (size, colour, kind) or (size, colour, kind, style) words and
+    normalised centres, in caption order."""
     shapes = tuple(CaptionShape(*w) for w in words)
     if len(shapes) == 1:
         return Caption(shapes, region=region_index(*positions[0])).text()
@@ -265,14 +292,17 @@ def make_caption(words: list[tuple[str, str, str]], positions: list[tuple[float,
 
 @dataclass(frozen=True)
 class CaptionShape:
-    """One shape of a caption, as words: a size of SIZES, a colour of COLOURS, a kind of KINDS."""
+    """One shape of a caption, as words: a size of SIZES, a colour of COLOURS, a kind of KINDS, a style of
+    STYLES (written before the colour unless "solid")."""
 
     size: str
     colour: str
     kind: str
+    style: str = "solid"
 
     def text(self) -> str:
-        return f"a {self.size} {self.colour} {self.kind}"
+        style = "" if self.style == "solid" else f"{self.style} "
+        return f"a {self.size} {style}{self.colour} {self.kind}"
 
 
 @dataclass(frozen=True)
@@ -308,12 +338,14 @@ CAPTION_GRAMMAR = (
     "captions are lower-case and take one of three forms: "
     "'<shape> <where>' (one shape), '<shape> <relation> <shape>' (two), "
     "'<shape>, <shape>, ... and <shape> <order>' (three or more); "
-    "<shape> = 'a <size> <colour> <kind>' with size in {" + ", ".join(SIZES) + "}, colour in {"
+    "<shape> = 'a <size> [<style>] <colour> <kind>' with size in {" + ", ".join(SIZES) + "}, style in {"
+    + ", ".join(STYLES[1:]) + "} (none: solid), colour in {"
     + ", ".join(COLOURS) + "}, kind in {" + ", ".join(KINDS) + "}; <where> in {" + ", ".join(REGION_PHRASES)
     + "}; <relation> in {" + ", ".join(RELATIONS) + "}; <order> in {" + ", ".join(ORDERS) + "}"
 )
-_SHAPE_RE = re.compile(rf"a ({'|'.join(SIZES)}) ({'|'.join(COLOURS)}) ({'|'.join(KINDS)})")
-_WORDS = frozenset(" ".join((*SIZES, *COLOURS, *KINDS, *REGION_PHRASES, *RELATIONS, *ORDERS, "a")).split())
+_SHAPE_RE = re.compile(
+    rf"a ({'|'.join(SIZES)}) (?:({'|'.join(STYLES[1:])}) )?({'|'.join(COLOURS)}) ({'|'.join(KINDS)})")
+_WORDS = frozenset(" ".join((*SIZES, *STYLES[1:], *COLOURS, *KINDS, *REGION_PHRASES, *RELATIONS, *ORDERS, "a")).split())
 
 
 def parse_caption(caption: str) -> Caption:
@@ -328,7 +360,10 @@ def parse_caption(caption: str) -> Caption:
 
     def shapes(*parts: str) -> tuple[CaptionShape, ...] | None:
         matches = [_SHAPE_RE.fullmatch(p) for p in parts]
-        return tuple(CaptionShape(*m.groups()) for m in matches) if all(matches) else None
+        if not all(matches):
+            return None
+        return tuple(CaptionShape(size, colour, kind, style or "solid")
+                     for size, style, colour, kind in (m.groups() for m in matches))
 
     for i, phrase in enumerate(REGION_PHRASES):
         if text.endswith(" " + phrase) and (one := shapes(text[:-len(phrase) - 1])):
@@ -407,6 +442,10 @@ class ShapesDataset(Dataset):
         if cfg.subject > 0 and placed and np.random.default_rng([cfg.seed, index, 7]).random() < cfg.subject:
             placed[0] = replace(placed[0], kind=cfg.kinds.index(SUBJECT_KIND),
                                 colour=cfg.colours.index(SUBJECT_COLOURS[0]), subject=True)
+        if cfg.style != "solid":
+            styled = np.random.default_rng([cfg.seed, index, 11]).random(len(placed)) < cfg.style_prob
+            placed = [replace(p, style=STYLES.index(cfg.style)) if hit and not p.subject else p
+                      for p, hit in zip(placed, styled)]
         order, _ = caption_order([(p.x, p.y) for p in placed])
         return bg, [placed[i] for i in order]
 
@@ -423,20 +462,17 @@ class ShapesDataset(Dataset):
         canvas = Image.new("P", (S * ss, S * ss), 0)
         palette = list(bg) + [v for s in shapes for v in self._palette[s.colour]]
         canvas.putpalette(palette + [0] * (768 - len(palette)))
-        draw = ImageDraw.Draw(canvas)
         # Large shapes first so small ones stay visible; slots keep caption order.
         for k in sorted(range(len(shapes)), key=lambda k: -shapes[k].size):
-            s = shapes[k]
-            cx, cy, h = s.x * ss - 0.5, s.y * ss - 0.5, s.half * ss  # pixel centres at integer coordinates
-            outline = _outline(cfg.kinds[s.kind], cx, cy, h)
-            if outline is None:
-                draw.ellipse((cx - h, cy - h, cx + h, cy + h), fill=k + 1)
-            else:
-                draw.polygon(outline, fill=k + 1)
-        if any(s.subject for s in shapes):  # the subject's disc, on its own subpixels only
+            self._draw_shape(canvas, shapes[k], k + 1)
+        if any(s.subject or s.style for s in shapes):  # patterns, each on its own shape's subpixels only
             rgb = np.array(canvas.convert("RGB"))
             ids = np.asarray(canvas)
             for k, s in enumerate(shapes):
+                if s.style:
+                    shade = [round(STRIPE_SHADE * v) for v in self._palette[s.colour]]
+                    ink = bg if STYLES[s.style] == "outlined" else shade
+                    rgb[self._style_mask(s, canvas.size) & (ids == k + 1)] = ink
                 if s.subject:
                     disc = Image.new("L", canvas.size, 0)
                     cx, cy, r = s.x * ss - 0.5, s.y * ss - 0.5 + 0.1 * s.half * ss, SUBJECT_DISC * s.half * ss
@@ -450,13 +486,38 @@ class ShapesDataset(Dataset):
         keys = self._pixel_keys + np.asarray(canvas).ravel()
         coverage = np.bincount(keys, minlength=S * S * K).reshape(S, S, K)
         label_map = coverage.argmax(-1).astype(np.uint8)  # ties go to the lower id (background)
-        words = [(SIZES[s.size], cfg.subject_word if s.subject else cfg.colours[s.colour], cfg.kinds[s.kind])
-                 for s in shapes]
+        words = [(SIZES[s.size], cfg.subject_word if s.subject else cfg.colours[s.colour], cfg.kinds[s.kind],
+                  STYLES[s.style]) for s in shapes]
         caption = make_caption(words, [(s.x / S, s.y / S) for s in shapes])
         sample = ShapesSample(image, label_map, shapes, bg, caption)
         if cfg.cache:
             self._cache[index] = sample
         return sample
+
+    def _draw_shape(self, canvas: Image.Image, s: ShapeSpec, fill: int) -> None:
+        """Fill shape ``s``'s silhouette with value ``fill`` on the supersampled ``canvas``."""
+        ss = self.config.supersample
+        cx, cy, h = s.x * ss - 0.5, s.y * ss - 0.5, s.half * ss  # pixel centres at integer coordinates
+        outline = _outline(self.config.kinds[s.kind], cx, cy, h)
+        draw = ImageDraw.Draw(canvas)
+        if outline is None:
+            draw.ellipse((cx - h, cy - h, cx + h, cy + h), fill=fill)
+        else:
+            draw.polygon(outline, fill=fill)
+
+    def _style_mask(self, s: ShapeSpec, canvas_size: tuple[int, int]) -> np.ndarray:
+        """Bool (H, W) of supersampled pixels that shape ``s``'s style paints over: the interior further than
+        OUTLINE_WIDTH * half-extent from the silhouette's edge ("outlined", with the background), or every
+        other band of STRIPE_PERIOD / 2 of the side, in whole output pixels ("striped", with the shade)."""
+        cfg, ss = self.config, self.config.supersample
+        if STYLES[s.style] == "outlined":
+            alone = Image.new("L", canvas_size, 0)
+            self._draw_shape(alone, s, 1)
+            return distance_transform_edt(np.asarray(alone)) > OUTLINE_WIDTH * s.half * ss
+        assert STYLES[s.style] == "striped", s.style
+        band = max(1, round(STRIPE_PERIOD * cfg.size / 2)) * ss
+        rows = (np.arange(canvas_size[1]) // band) % 2 == 1
+        return np.broadcast_to(rows[:, None], (canvas_size[1], canvas_size[0]))
 
     # -- torch items --------------------------------------------------------------------------------
     def _class_label(self, shapes: list[ShapeSpec]) -> int:
@@ -487,6 +548,8 @@ class ShapesDataset(Dataset):
             "positions": torch.from_numpy(positions),
             "background": torch.tensor(sample.background, dtype=torch.float32) / 127.5 - 1,
         }
+        if cfg.style != "solid":
+            item["styles"] = torch.tensor([sample.shapes[k].style if k < n else -1 for k in range(M)])
         if cfg.subject > 0:
             item["subject"] = torch.tensor([k < n and sample.shapes[k].subject for k in range(M)])
         if cfg.label_from != "none" and n > 0:
@@ -524,7 +587,9 @@ class ShapesDataset(Dataset):
                     "count": len(sample.shapes), "background": list(sample.background),
                     "shapes": [{"id": k + 1, "kind": self.kinds[s.kind], "colour": self.colours[s.colour],
                                 "size": SIZES[s.size], "x": round(s.x / S, 5), "y": round(s.y / S, 5),
-                                "extent": round(2 * s.half / S, 5)} for k, s in enumerate(sample.shapes)],
+                                "extent": round(2 * s.half / S, 5)}
+                               | ({"style": STYLES[s.style]} if self.config.style != "solid" else {})
+                               for k, s in enumerate(sample.shapes)],
                 }
                 meta.write(json.dumps(row) + "\n")
         with open(os.path.join(root, "config.json"), "w", encoding="utf-8") as f:

@@ -88,6 +88,9 @@ class FeatureClassifier(nn.Module):
         self.dropout = SampleDropout(config.dropout)
         self.heads = nn.ModuleList(nn.Linear(config.feature_dim, k) for k in self.num_classes)
         self.info: dict[str, Any] = {}  # filled by training / loading: accuracy, timing, cache path
+        #: The head whose classes are the dataset's labels (class accuracy and coverage in reports): the only one,
+        #: or the one a built-in multi-head network names (None: no head is the label).
+        self.label_head: int | None = None if self.multi_head else 0
 
     def _resize(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:

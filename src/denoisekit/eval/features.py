@@ -203,6 +203,15 @@ def digits_feature_network(cache_dir: str | os.PathLike | None = None, config: C
     return cached_classifier("digits", x, y, 10, config, cache_dir=cache_dir, verbose=verbose)
 
 
-#: Built-in single-label feature networks by dataset name: ``FEATURE_NETWORKS[name](cache_dir=...)`` (the
-#: shapes network is multi-head and has its own entry point, :func:`~denoisekit.eval.alignment.shapes_feature_network`).
-FEATURE_NETWORKS: dict[str, Callable[..., FeatureClassifier]] = {"digits": digits_feature_network}
+def shapes3_feature_network(cache_dir: str | os.PathLike | None = None, verbose: bool = False) -> FeatureClassifier:
+    """The ``shapes3`` feature network (:func:`denoisekit.eval.shapes3.shapes3_feature_network`)."""
+    from .shapes3 import shapes3_feature_network as build  # at call time: it builds on this module
+
+    return build(cache_dir=cache_dir, verbose=verbose)
+
+
+#: Built-in feature networks by dataset name, whose ``label_head`` reads the dataset's label:
+#: ``FEATURE_NETWORKS[name](cache_dir=...)`` (the shapes attribute network has no such head and its own entry point,
+#: :func:`~denoisekit.eval.alignment.shapes_feature_network`).
+FEATURE_NETWORKS: dict[str, Callable[..., FeatureClassifier]] = {"digits": digits_feature_network,
+                                                                 "shapes3": shapes3_feature_network}

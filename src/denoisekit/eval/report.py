@@ -120,10 +120,14 @@ def _labels(labels: Any, n: int, num_classes: int) -> Tensor:
 
 
 def class_metrics(model: FeatureClassifier, x: Tensor, labels: Any = None, batch_size: int = 256) -> dict[str, Any]:
-    """Classifier view of images: predicted class counts, class coverage (classes predicted for at least
-    ``COVERAGE_SHARE * N / C`` images) and, for labelled images (label >= 0), accuracy."""
-    c = model.num_classes[0]
+    """Classifier view of images by the model's ``label_head``: predicted class counts, class coverage (classes
+    predicted for at least ``COVERAGE_SHARE * N / C`` images) and, for labelled images (label >= 0), accuracy."""
+    head = model.label_head
+    if head is None:
+        raise ValueError("this feature network has no head that reads the dataset's labels (label_head is None)")
+    c = model.num_classes[head]
     pred = torch.cat([model.predict(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+    pred = pred[:, head] if model.multi_head else pred
     counts = torch.bincount(pred, minlength=c)
     out: dict[str, Any] = {"class_counts": counts.tolist(),
                            "class_coverage": float((counts >= COVERAGE_SHARE * x.shape[0] / c).double().mean())}
@@ -147,15 +151,16 @@ def evaluate(samples: Any, ref: Any = "digits", *, labels: Any = None, features:
     a folder, an ``.npz``, a run config ``.yaml``; see :mod:`denoisekit.eval.reference`; built-in and folder
     sets are read at the samples' size) or images. ``features``: ``"auto"`` (Inception when ``inception`` is
     given, else the reference dataset's built-in network, else ``"selfsup"``), ``"inception"``,
-    ``"selfsup"`` (trained on the reference, cached by its hash), a built-in name (``digits``, ``shapes``), or
+    ``"selfsup"`` (trained on the reference, cached by its hash), a built-in name (``digits``, ``shapes3``, ``shapes``), or
     any module with ``features(x) -> (B, D)``.
 
     Keys: ``fid`` (Frechet distance in the chosen feature space), ``kid``, ``kid_std``, ``precision``,
     ``recall`` (k-NN, ``k``), ``density``, ``coverage`` (``dc_k``), ``floor`` (the same metrics between two
     halves of the reference, see the module docstring), ``n_samples``, ``n_ref``, ``n_compared`` (images per
     side of both comparisons), ``ref``, ``feature_network`` (what it is, in words) and
-    ``feature_network_info``; with a single-head classifier also ``class_counts``, ``class_coverage``,
-    ``ref_class_coverage``, ``classifier_accuracy`` (samples with labels >= 0) and ``ref_classifier_accuracy``.
+    ``feature_network_info``; with a classifier whose ``label_head`` reads the labels also ``class_counts``,
+    ``class_coverage``, ``ref_class_coverage``, ``classifier_accuracy`` (samples with labels >= 0) and
+    ``ref_classifier_accuracy``.
     """
     if isinstance(samples, (str, os.PathLike)):
         samples, file_labels = load_npz_images(samples)
@@ -187,7 +192,7 @@ def evaluate(samples: Any, ref: Any = "digits", *, labels: Any = None, features:
     out["fid"], floor["fid"] = out.pop("fd"), floor.pop("fd")
     out.update(floor=floor, n_samples=x.shape[0], n_ref=r.shape[0], n_compared=m, n_ref_kept=int(keep.shape[0]),
                ref=reference.name, feature_network=desc, feature_network_info=facts)
-    if isinstance(net, FeatureClassifier) and not net.multi_head:
+    if isinstance(net, FeatureClassifier) and net.label_head is not None:
         dev = next(net.parameters()).device
         out.update(class_metrics(net, x.to(dev), labels, batch_size))
         ref_cls = class_metrics(net, r.to(dev), reference.labels, batch_size)

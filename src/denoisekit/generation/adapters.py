@@ -2,8 +2,12 @@
 
 :func:`with_loras` loads adapter files (any layout of :mod:`denoisekit.models.lora_io`; a ``lora`` run's
 directory means its ``lora.safetensors``) onto the :class:`LoadedModel`'s network, each at its weight, after
-checking that each was made for this base (the weights hash the file records against ``model.sha256``).
+checking that each was made for this base (the weights hash the file records against the model's hash from
+before any adapter, ``model.base_sha256 or model.sha256``, which the adapted model keeps as its
+``base_sha256``: a ControlNet for the base still loads on top, :mod:`denoisekit.generation.control`).
 The weights change later without reloading (:func:`set_lora_weights`); weight 0 is the base exactly.
+An adapter that changes the prediction (an LCM-LoRA, :mod:`denoisekit.generation.lcm`) also rebuilds the
+model's denoiser under the prediction it was trained with, and refuses a model of another prediction.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from torch import nn
 
 from ..io import file_sha256
 from ..models import lora, lora_io
+from ..models.controlnet import ControlledDenoiser
+from . import lcm
 from .model import LoadedModel
 
 
@@ -53,22 +59,31 @@ def network(model: LoadedModel) -> nn.Module:
 def with_loras(model: LoadedModel, loras: Sequence[tuple[str | os.PathLike[str], float]]) -> LoadedModel:
     """``model`` with the adapters ``[(file, weight), ...]`` loaded onto its network (in place: the returned
     model shares it) and ``name`` / ``sha256`` saying so. Errors (another base, unknown keys, a missing file)
-    are one line naming the file; the network is left as it was for the file that failed."""
+    are one line naming the file; the network is left as it was for the file that failed. Load adapters before
+    control modules (``with_controlnets``): a ControlNet copies the base's encoder without them."""
     if not loras:
         return model
-    net = network(model)
+    if isinstance(model.denoiser, ControlledDenoiser):
+        raise ValueError(f"{model.name or 'this model'} already has control modules: load LoRA adapters first, "
+                         f"then ControlNets and T2I-Adapters")
+    net, base = network(model), model.base_sha256 or model.sha256
     digest = hashlib.sha256((model.sha256 or "").encode())
-    shown = []
+    shown, current = [], model
     for path, weight in loras:
         file = lora_file(path)
+        meta = lora_io.read_adapter(file)[1]
+        prediction = lcm.check_prediction(current, meta, f"LoRA file {str(file)!r}")  # before the network changes
         stem = file.parent.name if file.name == lora_io.ADAPTER_FILE else file.stem
         name, i = stem.replace(".", "_") or "lora", 2
         while name in lora.adapters(net):
             name, i = f"{stem.replace('.', '_')}_{i}", i + 1
-        lora_io.load_adapter(net, file, name, float(weight), base_sha256=model.sha256)
+        lora_io.load_adapter(net, file, name, float(weight), base_sha256=base)
         digest.update(f"|{name}|{weight!r}|".encode() + file_sha256(file).encode())
         shown.append(f"{file}:{weight:g}")
-    return replace(model, name=f"{model.name} + lora {', '.join(shown)}", sha256=digest.hexdigest())
+        if prediction is not None:
+            current = lcm.with_prediction(current, prediction, meta)
+    return replace(current, name=f"{model.name} + lora {', '.join(shown)}", sha256=digest.hexdigest(),
+                   base_sha256=base)
 
 
 def set_lora_weights(model: LoadedModel, weights: Mapping[str, float]) -> None:
@@ -115,7 +130,8 @@ def with_embeddings(model: LoadedModel, files: Sequence[str | os.PathLike[str]])
     for f in files:
         file = Path(f) / ti.EMBEDDING_FILE if Path(f).is_dir() else Path(f)
         digest.update(b"|embedding|" + file_sha256(file).encode())
-    return replace(model, name=f"{model.name} + embedding {', '.join(map(str, files))}", sha256=digest.hexdigest())
+    return replace(model, name=f"{model.name} + embedding {', '.join(map(str, files))}", sha256=digest.hexdigest(),
+                   base_sha256=model.base_sha256 or model.sha256)
 
 
 def embedding_tokens(model: LoadedModel) -> list[str]:

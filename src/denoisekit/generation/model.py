@@ -77,6 +77,8 @@ class LoadedModel:
     - ``defaults``: the run's sample settings, what :func:`~denoisekit.generation.generate` uses for the
       arguments it is not given (default :class:`SampleDefaults`);
     - ``name``, ``sha256``: where it came from and the hash of its weights (None when unknown);
+    - ``base_sha256``: the hash of its weights before any adapter (LoRA, embedding, control module) was loaded,
+      what a further adapter made for the base is checked against (None: ``sha256``);
     - ``config``: the run's full config, when it came from a run;
     - ``trained_steps``: a few-step student's own grid and sampler (:class:`TrainedSteps`: progressive
       distillation trains its network for exactly those steps), which :func:`~denoisekit.generation.generate`
@@ -93,6 +95,7 @@ class LoadedModel:
     defaults: SampleSettings = SampleDefaults()
     name: str = ""
     sha256: str | None = None
+    base_sha256: str | None = None
     config: Any = None
     trained_steps: TrainedSteps | None = None
 

@@ -28,15 +28,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import Attention, TimestepEmbedding, as_time, check_divisible, parse_conditioning
+from .layers import Attention, TimestepEmbedding, check_divisible, embed_times, parse_conditioning
 
 
 @dataclass(frozen=True)
 class DiTConfig:
     """Shape of a :class:`DiT`: ``depth`` blocks of width ``hidden`` with ``heads`` heads on
     ``patch x patch`` patches; ``mlp_ratio`` widens the MLP. ``out_channels=None`` means
-    ``in_channels``; ``concat_channels``, ``context_dim``, ``num_classes`` and ``time_scale`` as in
-    :class:`~denoisekit.models.unet.UNetConfig`."""
+    ``in_channels``; ``concat_channels``, ``context_dim``, ``num_classes``, ``time_scale`` and ``second_time``
+    as in :class:`~denoisekit.models.unet.UNetConfig`."""
 
     in_channels: int = 3
     out_channels: int | None = None
@@ -49,6 +49,7 @@ class DiTConfig:
     num_classes: int | None = None
     context_dim: int | None = None
     time_scale: float = 1.0
+    second_time: bool = False
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "patch", "hidden", "depth", "heads"):
@@ -69,6 +70,8 @@ class DiTConfig:
             raise ValueError(f"DiTConfig.mlp_ratio must be > 0, got {self.mlp_ratio!r}")
         if not (isinstance(self.time_scale, (int, float)) and math.isfinite(self.time_scale) and self.time_scale > 0):
             raise ValueError(f"DiTConfig.time_scale must be a finite number > 0, got {self.time_scale!r}")
+        if not isinstance(self.second_time, bool):
+            raise ValueError(f"DiTConfig.second_time must be true or false, got {self.second_time!r}")
 
 
 #: Table 1 of Peebles & Xie 2023 (S, B, L, XL) and tiny CPU sizes (T), each at patch 2, 4 and 8.
@@ -154,6 +157,8 @@ class DiT(nn.Module):
         self.norm_out = nn.LayerNorm(c.hidden, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Linear(c.hidden, 2 * c.hidden)
         self.linear_out = nn.Linear(c.hidden, c.patch * c.patch * self.out_channels)
+        self.second_time_embed = TimestepEmbedding(c.hidden, freq_dim=256, time_scale=c.time_scale) \
+            if c.second_time else None
         self._pos_cache: dict[tuple[int, int, torch.device, torch.dtype], Tensor] = {}
         self._init_weights()
 
@@ -173,8 +178,9 @@ class DiT(nn.Module):
         nn.init.zeros_(self.patch_embed.bias)
         if self.label_embed is not None:
             nn.init.normal_(self.label_embed.weight, std=0.02)
-        for layer in (self.time_embed.mlp[0], self.time_embed.mlp[2]):
-            nn.init.normal_(layer.weight, std=0.02)
+        for embed in (self.time_embed, self.second_time_embed):
+            for layer in (embed.mlp[0], embed.mlp[2]) if embed is not None else ():
+                nn.init.normal_(layer.weight, std=0.02)
         zero = [self.ada_out, self.linear_out] + [block.ada for block in self.blocks]
         zero += [block.cross.proj for block in self.blocks if block.cross is not None]
         for layer in zero:
@@ -188,12 +194,13 @@ class DiT(nn.Module):
             self._pos_cache[key] = sincos_2d(self.config.hidden, grid_h, grid_w).to(device, dtype)[None]
         return self._pos_cache[key]
 
-    def forward(self, x: Tensor, time: Tensor | float, cond: Any = None) -> Tensor:
+    def forward(self, x: Tensor, time: Tensor | float, cond: Any = None, *,
+                second_time: Tensor | float | None = None) -> Tensor:
         c = self.config
         check_divisible(x, c.in_channels, c.patch, f"DiT with patch size {c.patch}")
         info = parse_conditioning(cond, x, num_classes=c.num_classes, context_dim=c.context_dim,
                                   concat_channels=c.concat_channels)
-        emb = self.time_embed(as_time(time, x)).to(x.dtype)
+        emb = embed_times(self.time_embed, self.second_time_embed, time, second_time, x)
         if self.label_embed is not None:
             emb = emb + self.label_embed(info.labels)
         emb = F.silu(emb)  # every adaLN regression starts with SiLU: apply it once

@@ -113,6 +113,24 @@ def as_time(time: Tensor | float, x: Tensor) -> Tensor:
     return time.reshape(-1)
 
 
+def embed_times(time_embed: TimestepEmbedding, second_embed: TimestepEmbedding | None, time: Tensor | float,
+                second_time: Tensor | float | None, x: Tensor) -> Tensor:
+    """``(B, dim)`` embedding of a network's time, plus that of its second time input when it has one.
+
+    A network built with ``second_time=True`` has a second :class:`TimestepEmbedding` whose output is added to the
+    first: MeanFlow's ``(t, t - r)`` (Geng et al. 2025, Sec. 4: the interval as the second input). A missing
+    ``second_time`` is 0 (``r = t``: the network's instantaneous velocity, an ordinary denoiser). A network built
+    without one (``second_embed=None``) computes exactly what it always did and refuses a ``second_time``.
+    """
+    emb = time_embed(as_time(time, x))
+    if second_embed is not None:
+        emb = emb + second_embed(as_time(0.0 if second_time is None else second_time, x))
+    elif second_time is not None:
+        raise ValueError("this network has no second time input (built with second_time=False) but got one: "
+                         "a MeanFlow run's network needs model.second_time: true")
+    return emb.to(x.dtype)
+
+
 # ----------------------------------------------------------------------------------------------
 # Conditioning
 

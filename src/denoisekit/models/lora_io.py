@@ -220,12 +220,14 @@ def import_tensors(net: nn.Module, tensors: Mapping[str, Tensor], metadata: Mapp
 
 
 def save_adapter(net: nn.Module, path: str | os.PathLike[str], name: str = "default", *,
-                 base_sha256: str | None = None, layout: Layout = "denoisekit") -> Path:
+                 base_sha256: str | None = None, layout: Layout = "denoisekit",
+                 metadata: Mapping[str, str] | None = None) -> Path:
     """Write adapter ``name`` (only it) to a safetensors file in ``layout``, atomically, with its config and
-    its base's hash in the metadata."""
+    its base's hash in the metadata, plus ``metadata`` (e.g. an LCM-LoRA's prediction,
+    :mod:`denoisekit.generation.lcm`)."""
     tensors = export_tensors(net, name, layout)  # first: an unknown name is its error
     config = lora.adapters(net)[name]
-    meta = {"format": FORMAT, "layout": layout, "lora_config": json.dumps(config.to_dict())}
+    meta = {**(metadata or {}), "format": FORMAT, "layout": layout, "lora_config": json.dumps(config.to_dict())}
     if base_sha256:
         meta["base_sha256"] = base_sha256
     if layout == "diffusers":

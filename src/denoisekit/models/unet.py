@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import Attention, SampleDropout, TimestepEmbedding, as_time, check_divisible, parse_conditioning
+from .layers import Attention, SampleDropout, TimestepEmbedding, check_divisible, embed_times, parse_conditioning
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ class UNetConfig:
     channels from ``cond["concat"]``; ``context_dim`` enables cross-attention to ``cond["context"]``;
     ``num_classes`` adds a label embedding (+ a null label). ``time_scale`` multiplies the time before
     the log-spaced Fourier features; the default suits t in [0, 1], step indices and EDM's c_noise.
+    ``second_time`` adds a second time input (MeanFlow's interval ``t - r``:
+    :func:`~denoisekit.models.layers.embed_times`).
     GroupNorms over ``width`` channels use ``gcd(norm_groups, width)`` groups.
     ``channels_last`` runs the convolutions in NHWC memory layout (no faster on the 2-core CPU we
     measured; worth trying on GPUs).
@@ -70,6 +72,7 @@ class UNetConfig:
     context_dim: int | None = None
     time_scale: float = 1.0
     channels_last: bool = False
+    second_time: bool = False
 
     def __post_init__(self) -> None:
         # YAML gives lists: store tuples so the config stays hashable.
@@ -104,6 +107,8 @@ class UNetConfig:
             raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if not (isinstance(self.time_scale, (int, float)) and math.isfinite(self.time_scale) and self.time_scale > 0):
             raise ValueError(f"UNetConfig.time_scale must be a finite number > 0, got {self.time_scale!r}")
+        if not isinstance(self.second_time, bool):
+            raise ValueError(f"UNetConfig.second_time must be true or false, got {self.second_time!r}")
 
     @property
     def blocks_per_level(self) -> tuple[int, ...]:
@@ -240,17 +245,22 @@ class UNet(nn.Module):
         assert not skips
         self.norm_out = nn.GroupNorm(math.gcd(c.norm_groups, ch), ch)
         self.conv_out = _zero(nn.Conv2d(ch, c.out_channels or c.in_channels, 3, padding=1))
+        # last, so that every other weight is the plain network's at the same seed
+        self.second_time_embed = TimestepEmbedding(emb_dim, freq_dim=128, time_scale=c.time_scale) \
+            if c.second_time else None
         if c.channels_last:
             self.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor, time: Tensor | float, cond: Any = None, *,
-                residuals: Sequence[Tensor] | None = None, features: Sequence[Tensor] | None = None) -> Tensor:
+                residuals: Sequence[Tensor] | None = None, features: Sequence[Tensor] | None = None,
+                second_time: Tensor | float | None = None) -> Tensor:
         """``residuals``: one tensor per encoder skip (``len(self.skip_channels)``) then one for the middle
         block's output, added where the decoder reads them (ControlNet, Zhang et al. 2023, Sec. 3.2);
         ``features``: one per level, added to the encoder's activations after the level's last block
-        (T2I-Adapter, Mou et al. 2023, Sec. 3.2). None: the plain U-Net, bit for bit."""
+        (T2I-Adapter, Mou et al. 2023, Sec. 3.2). None: the plain U-Net, bit for bit. ``second_time``: the
+        second time input of a network built with one (default 0)."""
         c = self.config
-        h, emb, ctx, mask = self.embed(x, time, cond)
+        h, emb, ctx, mask = self.embed(x, time, cond, second_time=second_time)
         h, skips = self.encode(h, emb, ctx, mask, features=features)
         if residuals is not None:
             if len(residuals) != len(skips) + 1:
@@ -285,14 +295,14 @@ class UNet(nn.Module):
             i += 1  # the level's downsampling conv (none after the last level: the loop ends)
         return ends
 
-    def embed(self, x: Tensor, time: Tensor | float, cond: Any = None
+    def embed(self, x: Tensor, time: Tensor | float, cond: Any = None, *, second_time: Tensor | float | None = None
               ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
         """``(conv_in(x [+ concat]), emb, context, context_mask)``: the encoder's inputs."""
         c = self.config
         check_divisible(x, c.in_channels, c.divisor, f"UNet with {len(c.channel_mult)} levels")
         info = parse_conditioning(cond, x, num_classes=c.num_classes, context_dim=c.context_dim,
                                   concat_channels=c.concat_channels)
-        emb = self.time_embed(as_time(time, x)).to(x.dtype)
+        emb = embed_times(self.time_embed, self.second_time_embed, time, second_time, x)
         if self.label_embed is not None:
             emb = emb + self.label_embed(info.labels)
         emb = F.silu(emb)  # every consumer (ResBlock.emb) starts with SiLU: apply it once

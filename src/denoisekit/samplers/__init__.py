@@ -19,6 +19,7 @@ from .dpm_solver import (sample_dpm_solver_1, sample_dpm_solver_2, sample_dpm_so
                          sample_dpmpp_2m_sde, sample_dpmpp_2s, sample_dpmpp_3m, sample_dpmpp_3m_sde)
 from .flow import sample_flow, sample_flow_euler, sample_flow_heun, sample_flow_rk4
 from .heun import sample_heun
+from .meanflow import sample_meanflow
 from .multistep import sample_multistep
 from .pc import sample_pc
 from .unipc import sample_unipc
@@ -48,6 +49,7 @@ SAMPLERS: dict[str, tuple[Callable[..., Tensor], dict[str, Any]]] = {
     "flow_rk4": (sample_flow_rk4, {}),
     "ode": (sample_ode, {}),
     "consistency": (sample_consistency, {}),
+    "meanflow": (sample_meanflow, {}),
 }
 
 #: Samplers that add fresh noise (their output is a sample, not the ODE solution).
@@ -66,5 +68,5 @@ __all__ = [
     "sample_ddpm", "sample_euler", "sample_euler_ancestral", "sample_heun", "sample_pc", "sample_flow",
     "sample_flow_euler", "sample_flow_heun", "sample_flow_rk4", "sample_dpm_solver_1", "sample_dpm_solver_2",
     "sample_dpm_solver_3", "sample_dpmpp_2s", "sample_dpmpp_2m", "sample_dpmpp_3m", "sample_dpmpp_2m_sde",
-    "sample_dpmpp_3m_sde", "sample_unipc", "sample_multistep", "sample_consistency",
+    "sample_dpmpp_3m_sde", "sample_unipc", "sample_multistep", "sample_consistency", "sample_meanflow",
 ]

@@ -22,14 +22,16 @@ def sigma_list(sigmas: Tensor, *, increasing: bool = False) -> list[float]:
     return check_sigmas(sigmas, increasing=increasing).tolist()
 
 
-def denoise(denoiser: DenoiserFn, x: Tensor, sigma: float | Tensor, cond: Any, step: int) -> Tensor:
+def denoise(denoiser: DenoiserFn, x: Tensor, sigma: float | Tensor, cond: Any, step: int, *,
+            sigma_to: float | None = None) -> Tensor:
     """Call the denoiser at one noise level (a float, or a 0-d tensor that gradients flow through); a NaN or
-    inf in its output is an error naming the step."""
+    inf in its output is an error naming the step. ``sigma_to``: the target level of a denoiser that takes one
+    (:meth:`~denoisekit.prediction.Denoiser.forward`; MeanFlow)."""
     if isinstance(sigma, Tensor):
         s = sigma.to(torch.float64).expand(x.shape[0])
     else:
         s = torch.full((x.shape[0],), sigma, dtype=torch.float64, device=x.device)
-    out = denoiser(x, s, cond)
+    out = denoiser(x, s, cond) if sigma_to is None else denoiser(x, s, cond, sigma_to=torch.full_like(s, sigma_to))
     if not torch.isfinite(out).all():
         raise FloatingPointError(f"denoiser returned NaN/inf at step {step} (sigma={float(sigma):.6g})")
     return out

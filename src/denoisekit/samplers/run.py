@@ -33,7 +33,7 @@ def _run_dummy(sampler: str, steps: int, options: Mapping[str, Any]) -> int:
     """Run ``sampler`` with ``options`` on a dummy denoiser over a ``steps``-step grid; its evaluations."""
     calls = [0]
 
-    def dummy(y: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
+    def dummy(y: Tensor, sigma: Tensor, cond: Any = None, *, sigma_to: Tensor | None = None) -> Tensor:
         calls[0] += 1
         return torch.zeros_like(y)
 

@@ -16,6 +16,7 @@ A config file (see ``configs/*.yaml``) has one mapping per section::
     teacher: {run: runs/teacher}                       # TeacherConfig: a frozen model for a recipe's targets
     fewstep: {levels: 18, solver: heun}                # FewStepConfig: the consistency recipes
     lora:    {rank: 4, alpha: 4}                       # LoraSection: the adapter of the lora recipe
+    lcm:     {skip: 20, cfg_min: 1.5, cfg_max: 3}      # LcmSection: the lcm_lora recipe's guided teacher step
     controlnet: {kind: controlnet, signal: edges}      # ControlNetSection: the controlnet recipe's module
     textual_inversion: {tokens: [<my-star>]}           # TextualInversionSection: its recipe's new tokens
     dreambooth: {class_prompt: a large orange star}    # DreamBoothSection: the dreambooth recipe
@@ -51,6 +52,7 @@ from ..samplers.run import DEFAULT_SCHEDULE
 from ..schedules import SCHEDULES
 from .fewstep_config import FewStepConfig
 from .lora_config import LoraSection
+from .lcm_config import LcmSection
 from .controlnet_config import ControlNetSection
 from .inversion_config import TextualInversionSection
 from .dreambooth_config import DreamBoothSection
@@ -313,7 +315,7 @@ SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "process"
                              "loss": DiffusionLoss, "optim": OptimConfig, "ema": EMAConfig,
                              "condition": ConditionConfig, "train": TrainConfig, "sample": SampleConfig,
                              "latent": LatentConfig, "init": InitConfig, "teacher": TeacherConfig,
-                             "fewstep": FewStepConfig, "lora": LoraSection,
+                             "fewstep": FewStepConfig, "lora": LoraSection, "lcm": LcmSection,
                              "textual_inversion": TextualInversionSection, "controlnet": ControlNetSection,
                              "dreambooth": DreamBoothSection}
 
@@ -336,6 +338,7 @@ class Config:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     fewstep: FewStepConfig = field(default_factory=FewStepConfig)
     lora: LoraSection = field(default_factory=LoraSection)
+    lcm: LcmSection = field(default_factory=LcmSection)
     textual_inversion: TextualInversionSection = field(default_factory=TextualInversionSection)
     dreambooth: DreamBoothSection = field(default_factory=DreamBoothSection)
     controlnet: ControlNetSection = field(default_factory=ControlNetSection)

@@ -1,4 +1,4 @@
-"""The ``fewstep`` section of a run config: the options of the consistency recipes.
+"""The ``fewstep`` section of a run config: the options of the few-step recipes (consistency, reflow, meanflow).
 
 =================  ==================================================================================
 key                meaning
@@ -18,6 +18,9 @@ coupling_sampler   reflow: the deterministic sampler whose teacher ODE makes the
 coupling_nfe       reflow: its network evaluations per pair (32)
 coupling_schedule  reflow: its grid (``auto``: uniform in t for a flow)
 one_step           reflow: train at ``t = t_max`` only (Liu et al. 2023's distillation to one Euler step)
+interval_ratio     meanflow: the fraction of samples with ``r < t`` (Geng et al. 2025: 0.25 on ImageNet)
+adaptive_p         meanflow: the adaptive weight's power p, ``1 / (||Delta||^2 + c)^p`` (1.0; 0: plain L2)
+adaptive_c         meanflow: its c (1e-3); the (t, r) distribution is the ``loss`` section's noise levels
 =================  ==================================================================================
 
 Both recipes' grids run from :data:`~denoisekit.prediction.CONSISTENCY_SIGMA_MIN` to the process's
@@ -56,6 +59,9 @@ class FewStepConfig(Section):
     coupling_nfe: int = 32
     coupling_schedule: str = "auto"
     one_step: bool = False
+    interval_ratio: float = 0.25
+    adaptive_p: float = 1.0
+    adaptive_c: float = 1e-3
 
     def _check(self) -> None:
         self._require(self.levels >= 2, "levels", ">= 2")
@@ -69,3 +75,6 @@ class FewStepConfig(Section):
                       f"a deterministic sampler (an ODE coupling): one of {', '.join(deterministic)}")
         self._require(self.coupling_nfe >= 1, "coupling_nfe", ">= 1")
         self._require(self.coupling_schedule in SCHEDULES, "coupling_schedule", f"one of {', '.join(SCHEDULES)}")
+        self._require(0 <= self.interval_ratio <= 1, "interval_ratio", "in [0, 1]")
+        self._require(self.adaptive_p >= 0, "adaptive_p", ">= 0")
+        self._require(self.adaptive_c > 0, "adaptive_c", "> 0")

@@ -8,16 +8,19 @@ from .controlnet import ControlNetRecipe
 from .diffusion import DiffusionRecipe
 from .distill import DistillRecipe
 from .dreambooth import DreamBoothRecipe
+from .lcm_lora import LcmLoraRecipe
 from .lora import LoraRecipe
+from .meanflow import MeanFlowRecipe
 from .progressive import ProgressiveRecipe
 from .reflow import ReflowRecipe
 from .textual_inversion import TextualInversionRecipe
 
 RECIPES: dict[str, type] = {"diffusion": DiffusionRecipe, "distill": DistillRecipe, "progressive": ProgressiveRecipe,
                             "consistency_distill": ConsistencyDistillRecipe, "consistency_train": ConsistencyTrainRecipe,
-                            "reflow": ReflowRecipe, "lora": LoraRecipe, "controlnet": ControlNetRecipe,
+                            "reflow": ReflowRecipe, "lora": LoraRecipe, "lcm_lora": LcmLoraRecipe,
+                            "meanflow": MeanFlowRecipe, "controlnet": ControlNetRecipe,
                             "textual_inversion": TextualInversionRecipe, "dreambooth": DreamBoothRecipe}
 
 __all__ = ["RECIPES", "ConsistencyDistillRecipe", "ConsistencyTrainRecipe", "ControlNetRecipe", "DiffusionRecipe",
-           "DistillRecipe", "DreamBoothRecipe", "LoraRecipe", "ProgressiveRecipe", "ReflowRecipe",
-           "TextualInversionRecipe"]
+           "DistillRecipe", "DreamBoothRecipe", "LcmLoraRecipe", "LoraRecipe", "MeanFlowRecipe", "ProgressiveRecipe",
+           "ReflowRecipe", "TextualInversionRecipe"]

@@ -139,12 +139,15 @@ def _draws(x0: Tensor, gens: torch.Generator | Sequence[torch.Generator], probs:
 def consistency_distillation_loss(student: DenoiserFn, target: DenoiserFn, teacher: DenoiserFn, x0: Tensor,
                                   gens: torch.Generator | Sequence[torch.Generator], levels: Tensor, *,
                                   solver: Solver = "heun", metric: str = "l2", c: float = 0.0,
-                                  cond: Any = None) -> Tensor:
+                                  cond: Any = None, skip: int = 1) -> Tensor:
     """Song et al. 2023, Algorithm 2 (lambda = 1): per-example ``(B,)`` loss for data ``x0`` ``(B, ...)`` on the
-    increasing ``levels`` ``(N,)``; ``target`` is the EMA network (evaluated without gradients)."""
-    uniform = torch.ones(len(levels) - 1, dtype=torch.float64)
+    increasing ``levels`` ``(N,)``; ``target`` is the EMA network (evaluated without gradients). ``skip``: the
+    teacher steps from level ``n + skip`` to ``n`` (LCM's skipping step k, Luo et al. 2023; 1: adjacent levels)."""
+    if not 1 <= skip < len(levels):
+        raise ValueError(f"skip must be in 1..{len(levels) - 1} for {len(levels)} levels, got {skip}")
+    uniform = torch.ones(len(levels) - skip, dtype=torch.float64)
     idx, z = _draws(x0, gens, uniform)
-    lo, hi = levels[idx], levels[idx + 1]
+    lo, hi = levels[idx], levels[idx + skip]
     y = x0 + _col(hi, x0) * z
     y_hat = teacher_ode_step(teacher, y, hi, lo, solver, cond)
     with torch.no_grad():

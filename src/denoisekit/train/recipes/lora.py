@@ -72,6 +72,11 @@ class LoraRecipe(DiffusionRecipe):
             raise ValueError(f"{source}: the adapter was trained on other base weights (sha256 "
                              f"{str(state['base_sha256'])[:12]}..., init.from_run now {self.base_sha256[:12]}...)")
 
+    def adapter_metadata(self) -> dict[str, str]:
+        """What ``lora.safetensors`` records besides the adapter and its base (none here; an LCM-LoRA's prediction)."""
+        return {}
+
     def finish(self, engine: Engine) -> None:
         super().finish(engine)
-        save_adapter(engine.ema_module("net"), engine.out / ADAPTER_FILE, ADAPTER, base_sha256=self.base_sha256)
+        save_adapter(engine.ema_module("net"), engine.out / ADAPTER_FILE, ADAPTER, base_sha256=self.base_sha256,
+                     metadata=self.adapter_metadata())
