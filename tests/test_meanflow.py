@@ -165,7 +165,7 @@ def test_networks_without_a_second_time_are_unchanged(name):
     out = float(_fill(net)(x, torch.full((shape[0],), 0.3), cond).detach().double().sum())
     want_init, want_out = BEFORE[name]
     assert init == pytest.approx(want_init, rel=1e-12, abs=1e-12)
-    assert out == pytest.approx(want_out, rel=1e-9)
+    assert out == pytest.approx(want_out, rel=1e-5)  # float32 sums: the order differs between CPUs' kernels
     with pytest.raises(ValueError, match="no second time input"):
         net(x, 0.3, cond, second_time=0.1)
 

@@ -42,7 +42,7 @@ def _gen(generator: GeneratorLike) -> torch.Generator | None:
     return generator if isinstance(generator, torch.Generator) else None
 
 
-def _draw(n: int, kind: str, process: Process, g: torch.Generator | None, device: Any) -> Tensor:
+def _draw(n: int, kind: str, process: Process | None, g: torch.Generator | None, device: Any) -> Tensor:
     """The raw random numbers of :func:`sample_times`: step indices, uniforms or standard normals."""
     if kind == "uniform" and isinstance(process, DiscreteDDPM):
         return torch.randint(0, process.num_steps, (n,), generator=g, device=device).to(torch.float64)
@@ -51,20 +51,29 @@ def _draw(n: int, kind: str, process: Process, g: torch.Generator | None, device
     return torch.randn(n, generator=g, device=device, dtype=torch.float64)
 
 
+def _raw(n: int, kind: str, process: Process | None, generator: GeneratorLike, device: Any) -> Tensor:
+    """:func:`_draw` for ``n`` samples: from each sample's own generator when given one per sample."""
+    if generator is not None and not isinstance(generator, torch.Generator):  # one generator per sample
+        gens = list(generator)
+        if len(gens) != n:
+            raise ValueError(f"got {len(gens)} generators for {n} samples")
+        return torch.cat([_draw(1, kind, process, g, g.device) for g in gens]).to(device) if gens else \
+            torch.zeros(0, dtype=torch.float64, device=device)
+    g = _gen(generator)
+    return _draw(n, kind, process, g, g.device if g is not None else device)
+
+
+def uniforms(n: int, generator: GeneratorLike = None, device: Any = None) -> Tensor:
+    """``n`` float64 uniforms in ``[0, 1)``, each from its own generator when given one per sample."""
+    return _raw(n, "uniform", None, generator, device)
+
+
 def sample_times(process: Process, n: int, kind: NoiseLevels = "uniform", *, p_mean: float = -1.2,
                  p_std: float = 1.2, generator: GeneratorLike = None, device: Any = None) -> Tensor:
     """``n`` training times (float64) drawn by ``kind`` and kept in ``[t_min, t_max]`` of the process.
     With one generator per sample each draws its own number; the map to times then runs once on the batch."""
     check_choice("noise level distribution", kind, NOISE_LEVELS)
-    if generator is not None and not isinstance(generator, torch.Generator):  # one generator per sample
-        gens = list(generator)
-        if len(gens) != n:
-            raise ValueError(f"got {len(gens)} generators for {n} samples")
-        u = torch.cat([_draw(1, kind, process, g, g.device) for g in gens]).to(device) if gens else \
-            torch.zeros(0, dtype=torch.float64, device=device)
-    else:
-        g = _gen(generator)
-        u = _draw(n, kind, process, g, g.device if g is not None else device)
+    u = _raw(n, kind, process, generator, device)
     if kind == "uniform" and isinstance(process, DiscreteDDPM):
         t = u / (process.num_steps - 1)
     elif kind == "uniform":

@@ -293,9 +293,9 @@ class Denoiser(nn.Module):
         ``time(c) - time(to)`` as ``second_time``."""
         rule = self.rule
         inp = x if rule.net_input is None else rule.net_input(x, c)
-        time = self.network_time(c).to(device=x.device, dtype=x.dtype)
-        extra = {} if to is None else \
-            {"second_time": (self.network_time(c) - self.network_time(to)).to(device=x.device, dtype=x.dtype)}
+        t64 = self.network_time(c)
+        time = t64.to(device=x.device, dtype=x.dtype)
+        extra = {} if to is None else {"second_time": (t64 - self.network_time(to)).to(device=x.device, dtype=x.dtype)}
         out = self.net(inp, time, **extra) if cond is None else self.net(inp, time, cond, **extra)
         if out.shape != x.shape:
             raise ValueError(f"network returned shape {tuple(out.shape)} for input {tuple(x.shape)}")

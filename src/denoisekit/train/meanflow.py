@@ -43,7 +43,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .._utils import GeneratorLike, check_choice, randn_like
 from ..condition import index_condition
 from ..engine.stream import sample_generators, sample_randomness
-from ..losses import NOISE_LEVELS, NoiseLevels, sample_times
+from ..losses import NOISE_LEVELS, NoiseLevels, sample_times, uniforms
 from ..prediction import Denoiser
 from ..process import Process, RectifiedFlow
 
@@ -106,11 +106,7 @@ class MeanFlowLoss:
         kw = dict(p_mean=self.p_mean, p_std=self.p_std, generator=generator, device=device)
         a = sample_times(process, n, self.noise_levels, **kw)  # type: ignore[arg-type]
         b = sample_times(process, n, self.noise_levels, **kw)  # type: ignore[arg-type]
-        if generator is None or isinstance(generator, torch.Generator):
-            gen = generator if isinstance(generator, torch.Generator) else None
-            coin = torch.rand(n, generator=gen, dtype=torch.float64)
-        else:
-            coin = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generator])
+        coin = uniforms(n, generator)
         t, r = torch.maximum(a, b), torch.minimum(a, b)
         return t, torch.where(coin.to(t.device) < self.interval_ratio, r, t)
 

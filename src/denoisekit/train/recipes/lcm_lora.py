@@ -50,6 +50,7 @@ from ...condition import concat_conditions, null_condition
 from ...conditioning import condition_kind
 from ...denoiser import DenoiserFn, DenoiserWrapper
 from ...engine.checkpoint import load_delta
+from ...losses import uniforms
 from ...generation.lcm import prediction_metadata
 from ..config import load_config
 from ..run import RUN_CONFIG
@@ -83,11 +84,7 @@ class PerSampleGuidance(DenoiserWrapper):
 
 def guidance_scales(gens: torch.Generator | Sequence[torch.Generator], n: int, lo: float, hi: float) -> Tensor:
     """``(n,)`` float64 scales uniform in ``[lo, hi]``: from each sample's own generator, or from one for all."""
-    if isinstance(gens, torch.Generator):
-        u = torch.rand(n, generator=gens, dtype=torch.float64)
-    else:
-        u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in gens])
-    return lo + (hi - lo) * u
+    return lo + (hi - lo) * uniforms(n, gens)
 
 
 def lcm_distillation_loss(student: DenoiserFn, target: DenoiserFn, teacher: DenoiserFn, x0: Tensor,
