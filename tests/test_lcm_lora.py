@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from denoisekit.guidance import ClassifierFreeGuidance  # noqa: E402
 from denoisekit.oracle import GaussianMixture  # noqa: E402
 from denoisekit.train.recipes.consistency import consistency_distillation_loss, karras_levels  # noqa: E402
-from denoisekit.train.recipes.lcm_lora import PerSampleGuidance, guidance_scales  # noqa: E402
+from denoisekit.train.recipes.lcm_lora import guidance_scales  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -52,21 +52,28 @@ class ClassMixture(torch.nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------- the maths
-def test_per_sample_guidance_is_cfg_row_by_row():
+@pytest.mark.parametrize("options", [{}, {"interval": (0.4, 5.0)}, {"rescale": 0.7}], ids=["plain", "interval",
+                                                                                           "rescale"])
+def test_per_sample_guidance_is_cfg_row_by_row(options):
+    """ClassifierFreeGuidance with a (B,) scale (LCM's guided teacher) is, row by row, CFG at that row's scale."""
     teacher = ClassMixture()
     g = torch.Generator().manual_seed(0)
     y = torch.randn(5, 2, generator=g, dtype=torch.float64) * 3
     sigma = torch.tensor([0.1, 0.5, 1.0, 3.0, 20.0], dtype=torch.float64)
     labels = torch.tensor([0, 1, 2, K, 1])
     w = torch.tensor([1.5, 3.0, 1.0, 2.0, 0.0], dtype=torch.float64)
-    got = PerSampleGuidance(teacher, w, K)(y, sigma, labels)
+    got = ClassifierFreeGuidance(teacher, w, K, **options)(y, sigma, labels)
     for i in range(5):
-        want = ClassifierFreeGuidance(teacher, float(w[i]), K)(y[i:i + 1], sigma[i:i + 1], labels[i:i + 1])
+        want = ClassifierFreeGuidance(teacher, float(w[i]), K, **options)(y[i:i + 1], sigma[i:i + 1], labels[i:i + 1])
         torch.testing.assert_close(got[i:i + 1], want, rtol=1e-12, atol=1e-12)
     assert not torch.allclose(got[1], teacher(y, sigma, labels)[1])  # w = 3 moves the conditional output
     calls = []
-    spy = PerSampleGuidance(lambda y, s, c: calls.append(len(y)) or teacher(y, s, c), torch.ones(5), K)
+    spy = ClassifierFreeGuidance(lambda y, s, c: calls.append(len(y)) or teacher(y, s, c), torch.ones(5), K)
     assert torch.equal(spy(y, sigma, labels), teacher(y, sigma, labels)) and calls == [5]  # w = 1: one pass
+    with pytest.raises(ValueError, match="4 guidance scales for a batch of 5"):
+        ClassifierFreeGuidance(teacher, w[:4], K)(y, sigma, labels)
+    with pytest.raises(ValueError, match="must be finite"):
+        ClassifierFreeGuidance(teacher, torch.tensor([1.0, float("nan")]), K)
 
 
 def test_guidance_scales_come_from_each_samples_generator():

@@ -62,13 +62,17 @@ class ClassifierFreeGuidance(DenoiserWrapper):
     - ``interval=(sigma_lo, sigma_hi)``: guide only where ``sigma_lo < sigma <= sigma_hi`` (VE-frame
       sigma, per sample), else return the conditional output; Kynkaanniemi et al. 2024. Samples outside
       cost one pass: a batch entirely outside is one conditional call of ``B``.
+    - ``scale`` may be a ``(B,)`` tensor, one scale per sample (LCM's guided teacher draws ``w`` per training
+      sample); the batch then costs one pass only where every scale is 1.
     """
 
-    def __init__(self, denoiser: DenoiserFn, scale: float, null_label: int | None = None, *, negative: Any = None,
+    def __init__(self, denoiser: DenoiserFn, scale: float | Tensor, null_label: int | None = None, *,
+                 negative: Any = None,
                  rescale: float = 0.0, interval: tuple[float, float] | None = None,
                  rescale_space: RescaleSpace = "v"):
         super().__init__(denoiser, require_process=False)  # its maths needs no process: the oracle works too
-        if not math.isfinite(scale):
+        per_sample = isinstance(scale, Tensor) and scale.ndim > 0
+        if not (bool(torch.isfinite(scale).all()) if per_sample else math.isfinite(scale)):
             raise ValueError(f"guidance scale must be finite, got {scale}")
         if not 0.0 <= rescale <= 1.0:
             raise ValueError(f"rescale (phi of Lin et al. 2023) must be in [0, 1], got {rescale}")
@@ -77,7 +81,8 @@ class ClassifierFreeGuidance(DenoiserWrapper):
             if len(interval) != 2 or not 0.0 <= interval[0] < interval[1]:
                 raise ValueError(f"interval must be (sigma_lo, sigma_hi) with 0 <= sigma_lo < sigma_hi, got {interval}")
             interval = (float(interval[0]), float(interval[1]))
-        self.scale, self.null_label = float(scale), null_label
+        self.scale: float | Tensor = scale.reshape(-1) if per_sample else float(scale)
+        self.null_label = null_label
         self.negative, self.rescale, self.rescale_space = negative, float(rescale), rescale_space
         self.interval = interval
 
@@ -103,10 +108,23 @@ class ClassifierFreeGuidance(DenoiserWrapper):
         lo, hi = self.interval
         return (sigma > lo) & (sigma <= hi)
 
+    def _is(self, value: float) -> bool:
+        """Whether every sample's scale is ``value``."""
+        return bool((self.scale == value).all()) if isinstance(self.scale, Tensor) else self.scale == value
+
+    def _scale(self, like: Tensor, idx: Tensor | None = None) -> float | Tensor:
+        """The scale to multiply ``like`` by: the float, or the samples' scales (those of ``idx``) broadcast."""
+        if not isinstance(self.scale, Tensor):
+            return self.scale
+        s = self.scale.to(like)
+        return append_dims(s if idx is None else s[idx], like.ndim)
+
     def forward(self, y: Tensor, sigma: Tensor | float, cond: Any = None) -> Tensor:
-        if cond is None or self.scale == 1:
+        if cond is None or self._is(1):
             return self.inner(y, sigma, cond)
         b = y.shape[0]
+        if isinstance(self.scale, Tensor) and self.scale.shape[0] != b:
+            raise ValueError(f"{self.scale.shape[0]} guidance scales for a batch of {b}")
         if isinstance(cond, int) or (isinstance(cond, Tensor) and cond.ndim == 0):
             cond = torch.as_tensor(cond, device=y.device).expand(b)
         check_condition(cond, b)
@@ -116,19 +134,21 @@ class ClassifierFreeGuidance(DenoiserWrapper):
             return self.inner(y, sigma, cond)
         uncond = self.unconditional(cond, b)
         if bool(on.all()):
-            if self.scale == 0 and self.rescale == 0:
+            if self._is(0) and self.rescale == 0:
                 return self.inner(y, sigma, uncond)
             out_c, out_u = self.inner(torch.cat([y, y]), torch.cat([s, s]), concat_conditions(cond, uncond)).split(b)
-            return self.combine(out_c, out_u, y, s)
+            return self.combine(out_c, out_u, y, s, self._scale(y))
         idx = on.nonzero().squeeze(1)
         out = self.inner(torch.cat([y, y[idx]]), torch.cat([s, s[idx]]),
                          concat_conditions(cond, index_condition(uncond, idx)))
         out_c, out_u = out[:b], out[b:]
-        return out_c.index_copy(0, idx, self.combine(out_c[idx], out_u, y[idx], s[idx]))
+        return out_c.index_copy(0, idx, self.combine(out_c[idx], out_u, y[idx], s[idx], self._scale(y, idx)))
 
-    def combine(self, out_c: Tensor, out_u: Tensor, y: Tensor, sigma: Tensor) -> Tensor:
-        """Guided x0 from the conditional and unconditional x0 at ``(y, sigma)`` (``sigma`` ``(B,)``)."""
-        cfg = out_u + self.scale * (out_c - out_u)
+    def combine(self, out_c: Tensor, out_u: Tensor, y: Tensor, sigma: Tensor,
+                scale: float | Tensor | None = None) -> Tensor:
+        """Guided x0 from the conditional and unconditional x0 at ``(y, sigma)`` (``sigma`` ``(B,)``); ``scale``: a
+        float or one broadcastable to them (default: this guidance's, for the whole batch)."""
+        cfg = out_u + (self._scale(y) if scale is None else scale) * (out_c - out_u)
         if self.rescale == 0:
             return cfg
         a, k = _affine(self.rescale_space, sigma, y)  # u = a y + k x0: the space the std is taken in

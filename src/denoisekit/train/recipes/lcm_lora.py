@@ -45,13 +45,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from ..._utils import append_dims, as_batch
-from ...condition import concat_conditions, null_condition
 from ...conditioning import condition_kind
-from ...denoiser import DenoiserFn, DenoiserWrapper
+from ...denoiser import DenoiserFn
 from ...engine.checkpoint import load_delta
-from ...losses import uniforms
 from ...generation.lcm import prediction_metadata
+from ...guidance import ClassifierFreeGuidance
+from ...losses import uniforms
 from ..config import load_config
 from ..run import RUN_CONFIG
 from ..fewstep_config import Solver
@@ -62,24 +61,6 @@ if TYPE_CHECKING:
     from ...engine.loop import Engine
 
 BASE_PREDICTION = "edm"
-
-
-class PerSampleGuidance(DenoiserWrapper):
-    """Classifier-free guidance ``x0(y | u) + w_i (x0(y | c) - x0(y | u))`` with a scale ``w`` ``(B,)`` per sample
-    (Ho & Salimans 2022, eq. 6; :class:`~denoisekit.guidance.ClassifierFreeGuidance` takes one scale for the
-    batch): LCM's guided teacher, its ``w`` drawn per training sample. One batched pass of ``2B``."""
-
-    def __init__(self, denoiser: DenoiserFn, scale: Tensor, null_label: int | None):
-        super().__init__(denoiser, require_process=False)
-        self.scale, self.null_label = scale, null_label
-
-    def forward(self, y: Tensor, sigma: Tensor | float, cond: Any = None) -> Tensor:
-        if cond is None or bool((self.scale == 1).all()):
-            return self.inner(y, sigma, cond)
-        b, s = y.shape[0], as_batch(sigma, y)
-        both = concat_conditions(cond, null_condition(cond, self.null_label))
-        out_c, out_u = self.inner(torch.cat([y, y]), torch.cat([s, s]), both).split(b)
-        return out_u + append_dims(self.scale.to(out_c), y.ndim) * (out_c - out_u)
 
 
 def guidance_scales(gens: torch.Generator | Sequence[torch.Generator], n: int, lo: float, hi: float) -> Tensor:
@@ -95,7 +76,7 @@ def lcm_distillation_loss(student: DenoiserFn, target: DenoiserFn, teacher: Deno
     ``x0`` ``(B, ...)`` with condition ``cond``, a scale ``w ~ U[cfg]`` per sample (drawn first from ``gens``), the
     teacher under guidance ``w`` stepping ``skip`` of the increasing ``levels``; ``target`` is ``f-``."""
     w = guidance_scales(gens, x0.shape[0], *cfg).to(x0.device)
-    guided = PerSampleGuidance(teacher, w, null_label)
+    guided = ClassifierFreeGuidance(teacher, w, null_label)  # one scale per sample
     return consistency_distillation_loss(student, target, guided, x0, gens, levels, solver=solver, metric=metric,
                                          c=c, cond=cond, skip=skip)
 
