@@ -17,6 +17,7 @@ from PIL import Image
 from denoisekit.cli import main
 from denoisekit.train.config import load_config
 from denoisekit.eval import features
+from denoisekit.eval import report as eval_report
 from denoisekit.eval.features import ClassifierConfig
 from denoisekit.samplers.run import steps_for_nfe
 
@@ -60,7 +61,7 @@ def test_demo_trains_with_overrides(run):
 @pytest.mark.slow  # trains (the module's CLI train run)
 def test_demo_sample_eval_report(run, tmp_path_factory, monkeypatch):
     cache = tmp_path_factory.mktemp("cache")
-    monkeypatch.setitem(features.FEATURE_NETWORKS, "digits",
+    monkeypatch.setitem(eval_report.BUILTIN_NETWORKS, "digits",  # what `denoisekit eval --ref digits` reads
                         lambda cache_dir=None: features.digits_feature_network(cache_dir=cache, config=TINY_FEATURES))
     png, npz = run / "samples.png", run / "samples.npz"
     # the Makefile's commands, with fewer images and model evaluations

@@ -2,11 +2,12 @@
 precision/recall and density/coverage on features of a network (:mod:`.fid`, :mod:`.features`),
 with one call for a whole report (:func:`evaluate`)."""
 
-from .features import (FEATURE_NETWORKS, ClassifierConfig, FeatureClassifier, cached_classifier,
-                       digits_feature_network, extract_features, train_classifier)
+from .features import (ClassifierConfig, FeatureClassifier, cached_classifier, digits_feature_network,
+                       extract_features, train_classifier)
 from .fid import (density_coverage, feature_metrics, fid_from_features, frechet_distance, kernel_inception_distance,
                   precision_recall)
 from .inception import load_fid_inception
+from .networks import FEATURE_NETWORKS
 from .report import evaluate, format_metrics
 from .toy2d import model_nll, sliced_wasserstein, wasserstein2
 

@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -201,17 +201,3 @@ def digits_feature_network(cache_dir: str | os.PathLike | None = None, config: C
     """The digits feature/classifier network (10 classes), trained on first use and cached."""
     x, y = digits_labelled()
     return cached_classifier("digits", x, y, 10, config, cache_dir=cache_dir, verbose=verbose)
-
-
-def shapes3_feature_network(cache_dir: str | os.PathLike | None = None, verbose: bool = False) -> FeatureClassifier:
-    """The ``shapes3`` feature network (:func:`denoisekit.eval.shapes3.shapes3_feature_network`)."""
-    from .shapes3 import shapes3_feature_network as build  # at call time: it builds on this module
-
-    return build(cache_dir=cache_dir, verbose=verbose)
-
-
-#: Built-in feature networks by dataset name, whose ``label_head`` reads the dataset's label:
-#: ``FEATURE_NETWORKS[name](cache_dir=...)`` (the shapes attribute network has no such head and its own entry point,
-#: :func:`~denoisekit.eval.alignment.shapes_feature_network`).
-FEATURE_NETWORKS: dict[str, Callable[..., FeatureClassifier]] = {"digits": digits_feature_network,
-                                                                 "shapes3": shapes3_feature_network}

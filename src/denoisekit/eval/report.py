@@ -21,9 +21,10 @@ from torch import Tensor, nn
 
 from .._utils import check_choice
 from .alignment import shapes_feature_network
-from .features import FEATURE_NETWORKS, FeatureClassifier, as_images, extract_features
+from .features import FeatureClassifier, as_images, extract_features
 from .fid import feature_metrics
 from .inception import load_fid_inception
+from .networks import FEATURE_NETWORKS
 from .reference import Reference, load_reference
 from .selfsup import SelfSupConfig, selfsup_feature_network
 
