@@ -37,8 +37,10 @@ demo2d: $(STAMP)
 		--gif $(RUN)/trajectory.gif
 	@echo "2-D demo outputs: $(RUN)/samples.png, $(RUN)/trajectory.gif, $(RUN)/samples.json, $(RUN)/loss.csv"
 
+# pytest-xdist: one worker per core (the tests are single-threaded), each test module kept on one worker.
+JOBS ?= auto
 test: $(STAMP) fonts browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup
 
 # The tests that train no network (under a minute on 2 cores); `make test` runs these and the slow ones.
 test-fast: $(STAMP) fonts

@@ -5,7 +5,6 @@ and resumed equals the run that never stopped, bit for bit, and 2 processes equa
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -57,21 +56,15 @@ def test_grad_accum_changes_nothing_but_float_order(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_two_processes_match_one(name, tmp_path):
+def test_two_processes_match_one(name, tmp_path, free_port):
     """``accelerate launch`` with 2 CPU processes (gloo) == 1 process at the same global batch."""
     case = CASES[name]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), __file__, "worker", name, str(tmp_path), str(tmp_path / "two")]
+           "--main_process_port", str(free_port), __file__, "worker", name, str(tmp_path), str(tmp_path / "two")]
     Engine(case.make(tmp_path), tmp_path / "one", progress=False).fit()  # first: it writes any shared data
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import subprocess
 import sys
 import warnings
@@ -211,21 +210,15 @@ def test_consecutive_nans_stop_the_run_and_keep_the_last_checkpoint(registered, 
 # --------------------------------------------------------------------------------------------- 2 processes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_two_processes_match_one(registered, tmp_path):
+def test_two_processes_match_one(registered, tmp_path, free_port):
     """``accelerate launch`` with 2 CPU processes (gloo) == 1 process at the same global batch."""
     cfg = make_config("train.steps=6", "train.save_every=0")
     save_config(cfg, tmp_path / "cfg.yaml")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), __file__, "worker", str(tmp_path / "cfg.yaml"),
+           "--main_process_port", str(free_port), __file__, "worker", str(tmp_path / "cfg.yaml"),
            str(tmp_path / "two")]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     one = train_from_config(cfg, tmp_path / "one", progress=False)  # meanwhile, in this process
