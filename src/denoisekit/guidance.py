@@ -137,7 +137,7 @@ class ClassifierFreeGuidance(DenoiserWrapper):
             if self._is(0) and self.rescale == 0:
                 return self.inner(y, sigma, uncond)
             out_c, out_u = self.inner(torch.cat([y, y]), torch.cat([s, s]), concat_conditions(cond, uncond)).split(b)
-            return self.combine(out_c, out_u, y, s, self._scale(y))
+            return self.combine(out_c, out_u, y, s)
         idx = on.nonzero().squeeze(1)
         out = self.inner(torch.cat([y, y[idx]]), torch.cat([s, s[idx]]),
                          concat_conditions(cond, index_condition(uncond, idx)))
