@@ -40,6 +40,7 @@ def test_tutorial_runs(page, tmp_path):
     blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
     assert blocks, f"{page.name} has no ```bash block to run"
     (tmp_path / "configs").symlink_to(ROOT / "configs")
+    (tmp_path / "benchmarks").symlink_to(ROOT / "benchmarks")  # a page may draw a figure from recorded results
     (tmp_path / "figures").mkdir()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "OMP_NUM_THREADS": "1"}
